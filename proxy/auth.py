@@ -1,0 +1,37 @@
+"""The retry-once policy, after httpx's auth flow: send, and on 401 renew and replay once.
+
+Kept free of sockets: ``send`` and ``release`` are passed in, so the policy is unit-tested
+with plain functions. A second 401 goes back to the client as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from proxy.tokens import Token
+
+R = TypeVar("R")
+
+
+class TokenSource(Protocol):
+    async def get(self) -> Token: ...
+    async def renew(self, rejected: Token) -> Token: ...
+
+
+async def send_with_token(
+    tokens: TokenSource,
+    send: Callable[[str], Awaitable[R]],
+    status_of: Callable[[R], int],
+    release: Callable[[R], object],
+    on_replay: Callable[[], None] = lambda: None,
+) -> R:
+    """``send(token)``; on 401 release that response, renew the token and send once more."""
+    token = await tokens.get()
+    response = await send(token.value)
+    if status_of(response) != 401:
+        return response
+    release(response)  # the first 401 is never shown to the client
+    fresh = await tokens.renew(token)  # TokenUnavailable when no new token can be had
+    on_replay()
+    return await send(fresh.value)

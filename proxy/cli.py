@@ -1,0 +1,266 @@
+"""``aspose-proxy COMMAND [FLAGS]``: run, demo, sandbox, check, config.
+
+Our own argparse, not pydantic-settings' CLI parsing (that would read any process's argv).
+Logs go to stderr; a command's own output goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from pydantic import SecretStr
+
+from proxy import __version__
+from proxy.logging import configure_logging
+from proxy.settings import LOG_LEVELS, LoadedSettings, Settings, SettingsError, load_settings
+from proxy.tokens import TokenFetchError, request_token
+
+EXIT_USAGE = 2
+# Settings that are never CLI flags: a secret on the command line is visible in `ps`.
+NOT_FLAGS = frozenset({"client_secret", "local_clients"})
+COMMANDS = ("run", "demo", "sandbox", "check", "config")
+
+log = structlog.get_logger("proxy.cli")
+
+
+def _setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override env vars and the TOML file)")
+    group.add_argument(
+        "--config", metavar="PATH", help="TOML settings file (or ASPOSE_PROXY_CONFIG)"
+    )
+    for name, field in Settings.model_fields.items():
+        if name in NOT_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help_text = f"env ASPOSE_PROXY_{name.upper()}; default {default!r}"
+        if field.annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        elif name == "log_format":
+            group.add_argument(flag, dest=name, choices=("json", "console"), help=help_text)
+        elif name == "log_level":
+            group.add_argument(
+                flag, dest=name, metavar="{" + ",".join(LOG_LEVELS) + "}", help=help_text
+            )
+        else:
+            group.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aspose-proxy",
+        description=(
+            "A local proxy to the Aspose Cloud REST API that fetches, caches and renews the "
+            "access token for every client. Point curl, Postman or an SDK at it with no "
+            "credentials. Without a command, runs the proxy."
+        ),
+        epilog="Try it without an Aspose account: aspose-proxy demo",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy (the default command)")
+    _setting_flags(run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the offline sandbox and the proxy in front of it, and show how to use them",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="proxy address (default 127.0.0.1)")
+    demo.add_argument(
+        "--port", type=int, default=8080, help="proxy port, 0 picks one (default 8080)"
+    )
+    demo.add_argument(
+        "--sandbox-port", type=int, default=0, help="sandbox port (default: a free one)"
+    )
+    demo.add_argument("--log-format", choices=("json", "console"))
+    demo.add_argument("--log-level", default="info")
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the offline imitation of Aspose Cloud (reads no ASPOSE_PROXY_* variable)",
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8090, help="default 8090; 0 picks a free port")
+    sandbox.add_argument("--client-id", default="demo", help="accepted client id (default demo)")
+    sandbox.add_argument("--client-secret", default="demo-secret", help="default demo-secret")
+    sandbox.add_argument(
+        "--token-lifetime", type=float, default=86400, help="seconds (default 86400)"
+    )
+    sandbox.add_argument("--data-dir", type=Path, help="where files live (default: a temp dir)")
+    sandbox.add_argument("--log-format", choices=("json", "console"))
+    sandbox.add_argument("--log-level", default="info")
+
+    check = commands.add_parser(
+        "check", help="fetch one token with the configured credentials and say when it expires"
+    )
+    _setting_flags(check)
+
+    config = commands.add_parser(
+        "config", help="print the effective settings and where each came from (secrets masked)"
+    )
+    _setting_flags(config)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    cli = {
+        name: getattr(args, name, None) for name in Settings.model_fields if name not in NOT_FLAGS
+    }
+    return load_settings(cli, args.config)
+
+
+def _require_credentials(settings: Settings) -> None:
+    problems = []
+    if not settings.client_id:
+        problems.append(
+            "client_id: required (set ASPOSE_PROXY_CLIENT_ID or client_id in the TOML file)"
+        )
+    if settings.client_secret is None:
+        problems.append(
+            "client_secret: required (set ASPOSE_PROXY_CLIENT_SECRET, or client_secret_file, "
+            "e.g. /run/secrets/aspose_client_secret)"
+        )
+    if problems:
+        raise SettingsError(problems)
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise SettingsError(
+            [f"log_level: must be one of {', '.join(LOG_LEVELS)} (from --log-level)"]
+        )
+    return value.lower()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"aspose-proxy: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from proxy.serve import run
+
+    if args.command == "sandbox":
+        configure_logging(args.log_format, _log_level(args.log_level))
+        return run(lambda: _sandbox(args))
+    if args.command == "demo":
+        configure_logging(args.log_format, _log_level(args.log_level), ["demo-secret"])
+        return run(lambda: _demo(args))
+    loaded = _load(args)
+    settings = loaded.settings
+    if args.command == "config":
+        print(render_config(loaded))
+        return 0
+    _require_credentials(settings)
+    configure_logging(settings.log_format, settings.log_level, settings.secret_values)
+    if args.command == "check":
+        return run(lambda: _check(settings))
+    return run(lambda: _run(settings))
+
+
+def render_config(loaded: LoadedSettings) -> str:
+    """The effective settings as TOML, each with its source; secrets masked."""
+    lines = []
+    for name, value in loaded.settings.model_dump().items():
+        shown: Any = value
+        if isinstance(value, SecretStr):
+            shown = "**********"
+        elif isinstance(value, dict):
+            shown = {k: "**********" for k in value}
+        elif isinstance(value, Path):
+            shown = str(value)
+        if shown is None:
+            lines.append(f"# {name} = (not set)  # from {loaded.origins[name]}")
+            continue
+        lines.append(f"{name} = {_toml_value(shown)}  # from {loaded.origins[name]}")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+async def _check(settings: Settings) -> int:
+    async with aiohttp.ClientSession() as session:
+        try:
+            answer = await request_token(session, settings)
+        except TokenFetchError as exc:
+            print(f"error: {exc.reason}", file=sys.stderr)
+            return 1
+    expires = datetime.fromtimestamp(time.time() + answer.expires_in, UTC)
+    print(
+        f"ok: client_id '{settings.client_id}' got a token from {settings.token_url}; "
+        f"it expires in {answer.expires_in:.0f} s, at {expires.isoformat(timespec='seconds')}"
+    )
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    from proxy.app import create_app
+    from proxy.serve import announce, start_server, wait_for_stop_signal
+
+    server = await start_server(
+        create_app(settings), settings.host, settings.port, shutdown_grace=settings.shutdown_grace
+    )
+    announce(f"aspose-proxy listening on {server.url} -> {settings.upstream_url}")
+    log.info("proxy started", url=server.url, upstream=settings.upstream_url)
+    await wait_for_stop_signal()
+    log.info("stopping: finishing in-flight requests", grace_seconds=settings.shutdown_grace)
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _sandbox(args: argparse.Namespace) -> int:
+    from proxy.sandbox import SandboxConfig, create_sandbox_app
+    from proxy.serve import announce, start_server, wait_for_stop_signal
+
+    config = SandboxConfig(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+        data_dir=args.data_dir,
+    )
+    server = await start_server(create_sandbox_app(config), args.host, args.port, shutdown_grace=5)
+    announce(
+        f"Aspose Cloud sandbox listening on {server.url} "
+        f"(sandbox credentials: client_id '{config.client_id}', "
+        f"client_secret '{config.client_secret}')"
+    )
+    await wait_for_stop_signal()
+    await server.stop()
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return await run_demo(args.host, args.port, args.sandbox_port)

@@ -1,0 +1,173 @@
+"""The catch-all route: buffer the body, rewrite headers, send with a token, stream back.
+
+Everything that can be computed once (URL parts, timeouts, limits) is computed in
+``__init__``; the per-request path does only what depends on the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.auth import send_with_token
+from proxy.body import RequestBody, too_large
+from proxy.errors import BadRequest
+from proxy.headers import REQUEST_DROPPED, filter_headers, outbound_response_headers
+from proxy.metrics import Metrics
+from proxy.settings import Settings
+from proxy.tokens import TokenCache
+from proxy.upstream import UpstreamTarget, iter_body, map_client_error
+
+log = structlog.get_logger("proxy.handler")
+
+FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+NO_BODY_STATUSES = frozenset({204, 304})
+EMPTY_BODY = RequestBody()
+
+
+def _status(response: aiohttp.ClientResponse) -> int:
+    return response.status
+
+
+def _release(response: aiohttp.ClientResponse) -> None:
+    response.release()
+
+
+class Forwarder:
+    """Forwards one request to the configured upstream and streams the answer back."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        tokens: TokenCache,
+        metrics: Metrics,
+    ) -> None:
+        self._session = session
+        self._tokens = tokens
+        self._metrics = metrics
+        self._target = UpstreamTarget(settings.upstream_url)
+        self._upstream_timeout = settings.upstream_timeout
+        self._read_timeout = settings.read_timeout
+        self._memory_limit = settings.body_memory_limit
+        self._max_body = settings.max_body_size
+        self._spool_dir = settings.spool_dir
+        self._count_replay = metrics.replays.inc
+
+    async def expect_continue(self, request: web.Request) -> None:
+        """Answer ``Expect: 100-continue`` ourselves, only for a body we will accept.
+
+        An oversized declared body gets no 100 Continue: the handler answers 413 before the
+        client sends it. ``Expect`` itself is never forwarded.
+        """
+        length = request.content_length
+        if (
+            request.version >= aiohttp.HttpVersion11
+            and request.headers.get("Expect", "").lower() == "100-continue"
+            and (length is None or length <= self._max_body)
+        ):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_target = request.raw_path
+        if request.method not in FORWARDED_METHODS:
+            raise BadRequest(f"The method {request.method} is not forwarded.")
+        if not raw_target.startswith("/") or raw_target.startswith("//"):
+            raise BadRequest(
+                "Only origin-form request targets (a path starting with one /) are forwarded."
+            )
+        declared = request.content_length
+        if declared is not None and declared > self._max_body:
+            raise too_large(declared, self._max_body)
+
+        body = EMPTY_BODY
+        if request.body_exists:
+            body = await RequestBody.read(
+                request.content,
+                memory_limit=self._memory_limit,
+                max_size=self._max_body,
+                spool_dir=self._spool_dir,
+            )
+        try:
+            upstream = await self._send(request, raw_target, body)
+            try:
+                return await self._stream_back(request, upstream)
+            finally:
+                upstream.release()
+        finally:
+            body.close()
+
+    async def _send(
+        self, request: web.Request, raw_target: str, body: RequestBody
+    ) -> aiohttp.ClientResponse:
+        url = self._target.url_for(raw_target)
+        headers = filter_headers(request.headers.items(), REQUEST_DROPPED)
+        data = body.in_memory
+        spilled = data is None
+        if spilled:  # spilled: streamed from disk, so say its length ourselves
+            headers.append(("Content-Length", str(body.size)))
+        elif not data and "Content-Length" not in request.headers:
+            data = None  # no body at all: send none
+        method = request.method
+        session = self._session
+        loop = asyncio.get_running_loop()
+        latency = self._metrics.upstream_latency
+
+        async def send(token: str) -> aiohttp.ClientResponse:
+            out = CIMultiDict(headers)
+            out["Authorization"] = f"Bearer {token}"
+            started = loop.time()
+            try:
+                async with asyncio.timeout(self._upstream_timeout):
+                    response = await session.request(
+                        method,
+                        url,
+                        headers=out,
+                        data=body.chunks() if spilled else data,
+                        allow_redirects=False,
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = map_client_error(exc, "sending the request")
+                log.warning("upstream request failed", error=error.code, cause=type(exc).__name__)
+                raise error from None
+            latency.observe(loop.time() - started)
+            return response
+
+        return await send_with_token(self._tokens, send, _status, _release, self._on_replay)
+
+    def _on_replay(self) -> None:
+        self._count_replay()
+        log.info("upstream answered 401: replaying once with a renewed token")
+
+    async def _stream_back(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=CIMultiDict(outbound_response_headers(upstream.headers.items())),
+        )
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            response.content_length = int(length)
+        await response.prepare(request)
+        if request.method == "HEAD" or upstream.status in NO_BODY_STATUSES:
+            return response
+        try:
+            async for chunk in iter_body(upstream, self._read_timeout):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The client must see a broken response, not a complete-looking one: close the
+            # connection without the final chunk (or short of Content-Length).
+            log.warning("upstream broke mid-body; aborting the response", cause=type(exc).__name__)
+            request["aborted"] = True
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response

@@ -1,0 +1,63 @@
+"""Header rules In -> Out, after Go's ``httputil.ReverseProxy``.
+
+Pure functions over lists of (name, value) pairs so that repeated headers keep their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Pairs = list[tuple[str, str]]
+
+# RFC 9110 §7.6.1: hop-by-hop headers, plus the legacy ones Go's ReverseProxy also drops.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded upstream: the client's credentials are replaced, Host is the upstream's,
+# Expect is answered by the proxy itself (it buffers the body first).
+REQUEST_DROPPED = HOP_BY_HOP | {"authorization", "host", "expect"}
+# aiohttp's server sets these itself from the body it sends; Content-Length is re-added
+# by the handler when upstream sent one.
+RESPONSE_DROPPED = HOP_BY_HOP | {"content-length"}
+
+
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names listed in ``Connection`` (RFC 9110 §7.6.1: they are hop-by-hop too)."""
+    names: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            names.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return frozenset(names)
+
+
+def filter_headers(headers: Iterable[tuple[str, str]], dropped: frozenset[str]) -> Pairs:
+    """Copy ``headers`` without ``dropped`` names and without those named in ``Connection``."""
+    pairs = list(headers)
+    drop = (
+        dropped | connection_tokens(pairs)
+        if any(n.lower() == "connection" for n, _ in pairs)
+        else dropped
+    )
+    return [(name, value) for name, value in pairs if name.lower() not in drop]
+
+
+def outbound_request_headers(headers: Iterable[tuple[str, str]], token: str) -> Pairs:
+    """The request headers to send upstream: filtered, with our bearer token."""
+    out = filter_headers(headers, REQUEST_DROPPED)
+    out.append(("Authorization", f"Bearer {token}"))
+    return out
+
+
+def outbound_response_headers(headers: Iterable[tuple[str, str]]) -> Pairs:
+    """The response headers to send back to the client."""
+    return filter_headers(headers, RESPONSE_DROPPED)

@@ -1,0 +1,132 @@
+"""structlog's processor chain: shared processors, then JSON or console; secrets redacted.
+
+aiohttp's own stdlib loggers go through the same chain via ``ProcessorFormatter``.
+Redaction runs after exception formatting, so tracebacks are redacted too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["json", "console"]
+REDACTED = "[REDACTED]"
+
+# Anything that looks like a bearer credential, a JWT (or the start of one: base64url of '{"'),
+# or a credential in a form body or query string.
+_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
+    re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}"),
+    re.compile(
+        r"(?i)((?:client_secret|access_token|refresh_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
+    ),
+)
+
+
+class Redactor:
+    """Masks tokens and the configured secrets in every string of an event, however nested."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        literal = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = re.compile("|".join(re.escape(s) for s in literal)) if literal else None
+
+    def redact(self, text: str) -> str:
+        if self._secrets is not None:
+            text = self._secrets.sub(REDACTED, text)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: (m.group(1) if m.re.groups else "") + REDACTED, text)
+        return text
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._walk(v) for v in value)
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.redact(str(value))
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        return {key: self._walk(value) for key, value in event_dict.items()}
+
+
+class _NamedWriteLoggerFactory:
+    """``WriteLogger``s that remember the name given to ``get_logger`` (for ``logger``)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        logger = structlog.WriteLogger(self._stream)
+        logger.name = str(args[0]) if args else ""  # type: ignore[attr-defined]
+        return logger
+
+
+def default_format(stream: TextIO) -> LogFormat:
+    """JSON in containers and pipes, console on a terminal."""
+    return "console" if stream.isatty() else "json"
+
+
+def build_processors(
+    log_format: LogFormat, secrets: Iterable[str] = ()
+) -> tuple[list[Processor], Processor]:
+    """The shared chain and the final renderer; tests render through exactly these."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Plain tracebacks: never local variables (they may hold secrets).
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+        Redactor(secrets),
+    ]
+    renderer: Processor
+    if log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    return shared, renderer
+
+
+def configure_logging(
+    log_format: LogFormat | None = None,
+    log_level: str = "info",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Route structlog and stdlib logging through one chain to ``stream`` (stderr)."""
+    stream = stream or sys.stderr
+    shared, renderer = build_processors(log_format or default_format(stream), secrets)
+    level = logging.getLevelNamesMapping()[log_level.upper()]
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # We write one canonical line per request ourselves; aiohttp's access log would duplicate it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=_NamedWriteLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,60 @@
+"""Prometheus instruments, on the application's own registry (no global default registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """Every instrument the proxy exports; one instance per application."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "aspose_proxy_requests",
+            "Requests answered, by HTTP status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "aspose_proxy_upstream_latency_seconds",
+            "Time from sending a request upstream to receiving its response headers.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.token_fetches = Counter(
+            "aspose_proxy_token_fetches",
+            "Token requests to the Aspose token endpoint, by result (ok, rejected, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.replays = Counter(
+            "aspose_proxy_replays",
+            "Requests replayed with a renewed token after upstream answered 401.",
+            registry=self.registry,
+        )
+        self.token_seconds_to_expiry = Gauge(
+            "aspose_proxy_token_seconds_to_expiry",
+            "Seconds until the current access token expires (0 when none is held).",
+            registry=self.registry,
+        )
+        self._status_counters: dict[int, Counter] = {}
+
+    def count_request(self, status: int) -> None:
+        """Count one answered request; the labelled child is looked up once per status."""
+        child = self._status_counters.get(status)
+        if child is None:
+            child = self._status_counters[status] = self.requests.labels(str(status))
+        child.inc()
+
+    def watch_token_expiry(self, seconds_left: Callable[[], float]) -> None:
+        """Compute the expiry gauge at scrape time, not per request."""
+        self.token_seconds_to_expiry.set_function(seconds_left)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,94 @@
+"""Per-request bookkeeping: request id, one canonical log line, metrics, error answers.
+
+Every error the proxy makes itself becomes a response here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from proxy.errors import ProxyError, error_response
+from proxy.metrics import Metrics
+
+log = structlog.get_logger("proxy.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
+
+
+class InternalError(ProxyError):
+    """A bug: the client gets a generic sentence, the log gets the traceback."""
+
+
+def request_id_for(request: web.BaseRequest) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token, else a fresh one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    if incoming and _SAFE_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def observe(metrics: Metrics) -> Middleware:
+    """The middleware: binds the request id, answers ProxyErrors, logs one line per request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request_id_for(request)
+        request["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except ProxyError as error:
+            status = error.status
+            log.debug("proxy error", error=error.code, message=error.message)
+            return error_response(error, request_id)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        except ConnectionError:
+            status = CLIENT_CLOSED
+            raise
+        except Exception:
+            log.exception("unhandled error")
+            return error_response(InternalError("The proxy failed unexpectedly."), request_id)
+        finally:
+            metrics.count_request(status)
+            fields = {}
+            if request.get("aborted"):
+                fields["aborted"] = True
+            client = request.get("client_id")
+            if client:
+                fields["client_id"] = client
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                **fields,
+            )
+
+    return middleware
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response carries the id that is in the logs."""
+    request_id = request.get("request_id")
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id

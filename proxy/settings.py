@@ -1,0 +1,200 @@
+"""The proxy's settings and where each value came from.
+
+Sources, highest priority first: CLI flags > env vars ``ASPOSE_PROXY_*`` > TOML file > defaults.
+Each layer is read on its own (rather than merged inside pydantic-settings) so that ``config``
+can say where every value came from and a validation error can name the source of the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ASPOSE_PROXY_"
+CONFIG_ENV_VAR = f"{ENV_PREFIX}CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every setting is a top-level TOML key and the env var ``ASPOSE_PROXY_<KEY>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        hide_input_in_errors=True,
+        validate_default=True,
+        frozen=True,
+    )
+
+    client_id: str = ""
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    upstream_url: str = "https://api.aspose.cloud"
+    token_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream_timeout: float = Field(300.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    token_wait_timeout: float = Field(5.0, gt=0)
+    body_memory_limit: int = Field(1 * MiB, ge=0)
+    max_body_size: int = Field(2048 * MiB, gt=0)
+    spool_dir: Path | None = None
+    shutdown_grace: float = Field(30.0, ge=0)
+    local_token_endpoint: bool = True
+    local_clients: dict[str, SecretStr] = Field(default_factory=dict)
+    log_format: Literal["json", "console"] | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: Any, init_settings: Any, *_: Any, **__: Any
+    ) -> Any:
+        """Only explicit values: ``load_settings`` reads and layers the sources itself."""
+        return (init_settings,)
+
+    @field_validator("port")
+    @classmethod
+    def _port_in_range(cls, port: int) -> int:
+        if not 0 <= port <= 65535:
+            raise ValueError("must be 0..65535")
+        return port
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level.lower()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("upstream_url", "token_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError(
+                "client_secret_file: set client_secret or client_secret_file, not both"
+            )
+        if self.client_secret_file is not None:
+            try:
+                text = self.client_secret_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(
+                    f"client_secret_file: cannot read {self.client_secret_file} "
+                    f"({exc.strerror or exc})"
+                ) from None
+            object.__setattr__(self, "client_secret", SecretStr(text.rstrip("\r\n")))
+        if not self.token_url:
+            object.__setattr__(self, "token_url", f"{self.upstream_url}/connect/token")
+        return self
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret, for the log redactor."""
+        values = [s.get_secret_value() for s in self.local_clients.values()]
+        if self.client_secret is not None:
+            values.append(self.client_secret.get_secret_value())
+        return tuple(v for v in values if v)
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """The settings and, per key, the human name of the source that set it."""
+
+    settings: Settings
+    origins: dict[str, str]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError([f"config: file {path} does not exist"]) from None
+    except OSError as exc:
+        raise SettingsError([f"config: cannot read {path} ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"config: {path} is not valid TOML ({exc})"]) from None
+
+
+def _read_env() -> dict[str, Any]:
+    try:
+        return dict(EnvSettingsSource(Settings)())
+    except Exception as exc:  # pydantic-settings' SettingsError for bad JSON in a complex value
+        raise SettingsError([f"environment: {exc}"]) from None
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None, config_path: str | Path | None = None
+) -> LoadedSettings:
+    """Layer defaults < TOML < env < CLI and validate; raise ``SettingsError`` with clear lines."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    layers: list[tuple[dict[str, Any], str]] = []
+    path = config_path or os.environ.get(CONFIG_ENV_VAR) or None
+    if path:
+        layers.append((_read_toml(Path(path)), str(path)))
+    env = _read_env()
+    layers.append((env, "env"))
+    layers.append((dict(cli), "cli"))
+
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for values, source in layers:
+        for key, value in values.items():
+            merged[key] = value
+            if source == "env":
+                origins[key] = f"{ENV_PREFIX}{key.upper()}"
+            elif source == "cli":
+                origins[key] = f"--{key.replace('_', '-')}"
+            else:
+                origins[key] = source
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, origins)) from None
+    for key in Settings.model_fields:
+        origins.setdefault(key, "default")
+    if "token_url" not in merged:
+        origins["token_url"] = "default (from upstream_url)"  # noqa: S105
+    return LoadedSettings(settings, origins)
+
+
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> list[str]:
+    """One line per problem: ``key: message (from source)``, never the rejected value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        key = str(error["loc"][0]) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        if not key and ": " in message:  # model-level checks name their own key
+            key, message = message.split(": ", 1)
+        where = origins.get(key, "default")
+        lines.append(f"{key or 'settings'}: {message} (from {where})")
+    return lines

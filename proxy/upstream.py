@@ -1,0 +1,84 @@
+"""The client side: one shared session to ``upstream_url``, target URLs, timeouts, errors.
+
+The session never follows redirects (the token must not go to another host), never
+decompresses, stores no cookies and adds no header the client did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from yarl import URL
+
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from proxy.settings import Settings
+
+# aiohttp's client adds these on its own unless told not to.
+SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The pooled keep-alive session every forwarded request shares."""
+    connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        # connect_timeout opens a connection (a pool wait is not counted); upstream_timeout and
+        # read_timeout are applied per request by the handler (aiohttp's sock_read would also
+        # cut a slow conversion's wait for headers).
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+        read_bufsize=2**18,
+    )
+
+
+class UpstreamTarget:
+    """Builds upstream URLs from the client's raw target, byte for byte."""
+
+    def __init__(self, upstream_url: str) -> None:
+        base = URL(upstream_url)
+        self._scheme = base.scheme
+        self._host = base.raw_host or ""
+        self._port = base.explicit_port
+        self._prefix = base.raw_path.rstrip("/")
+
+    def url_for(self, raw_target: str) -> URL:
+        """``raw_target`` is origin-form (checked by the caller): path and query as sent."""
+        path, _, query = raw_target.partition("?")
+        return URL.build(
+            scheme=self._scheme,
+            host=self._host,
+            port=self._port,
+            path=self._prefix + path,
+            query_string=query,
+            encoded=True,
+        )
+
+
+def map_client_error(exc: BaseException, phase: str) -> ProxyError:
+    """One place that turns client-side failures into the proxy's errors."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return UpstreamUnreachable(f"Cannot connect to the upstream API ({phase}).")
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("The upstream API sent no response headers in time.")
+    return UpstreamUnreachable(f"The upstream API broke the exchange ({phase}).")
+
+
+async def iter_body(response: aiohttp.ClientResponse, read_timeout: float) -> AsyncIterator[bytes]:
+    """The response body as it arrives; TimeoutError when a gap exceeds ``read_timeout``."""
+    loop = asyncio.get_running_loop()
+    content = response.content
+    async with asyncio.timeout(None) as gap:
+        while True:
+            gap.reschedule(loop.time() + read_timeout)
+            chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+
+
+def header_pairs(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(headers)
