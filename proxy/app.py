@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from proxy import health
+from proxy import health, local_tokens
 from proxy.handler import Forwarder
 from proxy.health import METRICS, TOKENS
+from proxy.local_tokens import LOCAL_TOKENS, LocalTokens
 from proxy.metrics import Metrics
-from proxy.middleware import add_request_id, observe
+from proxy.middleware import CLIENT_ID, add_request_id, observe
 from proxy.settings import Settings
 from proxy.tokens import TokenCache, request_token
 from proxy.upstream import create_session
@@ -49,6 +50,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return await request.app[FORWARDER].handle(request)
 
 
+async def forward_named_client(request: web.Request) -> web.StreamResponse:
+    """``forward``, noting which local client sent the request (for the access log)."""
+    client_id = request.app[LOCAL_TOKENS].client_of(request.headers.get("Authorization"))
+    if client_id is not None:
+        request[CLIENT_ID] = client_id
+    return await request.app[FORWARDER].handle(request)
+
+
 async def expect_continue(request: web.Request) -> None:
     await request.app[FORWARDER].expect_continue(request)
 
@@ -61,5 +70,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     health.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)
+    handler = forward
+    if settings.local_token_endpoint:
+        local_tokens.add_routes(app, LocalTokens(settings.local_clients))
+        if settings.local_clients:
+            handler = forward_named_client
+    app.router.add_route("*", "/{tail:.*}", handler, expect_handler=expect_continue)
     return app

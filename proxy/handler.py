@@ -18,6 +18,7 @@ from proxy.body import RequestBody, too_large
 from proxy.errors import BadRequest
 from proxy.headers import REQUEST_DROPPED, filter_headers, outbound_response_headers
 from proxy.metrics import Metrics
+from proxy.middleware import ABORTED
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import UpstreamTarget, iter_body, map_client_error
@@ -165,7 +166,7 @@ class Forwarder:
             # The client must see a broken response, not a complete-looking one: close the
             # connection without the final chunk (or short of Content-Length).
             log.warning("upstream broke mid-body; aborting the response", cause=type(exc).__name__)
-            request["aborted"] = True
+            request[ABORTED] = True
             if request.transport is not None:
                 request.transport.close()
             return response

@@ -23,6 +23,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
 
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_ID = web.RequestKey("client_id", str)  # a local client, when local_clients is set
+ABORTED = web.RequestKey("aborted", bool)  # the response was cut because upstream broke
+
 
 class InternalError(ProxyError):
     """A bug: the client gets a generic sentence, the log gets the traceback."""
@@ -42,7 +46,7 @@ def observe(metrics: Metrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request_id_for(request)
-        request["request_id"] = request_id
+        request[REQUEST_ID] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -69,10 +73,10 @@ def observe(metrics: Metrics) -> Middleware:
             return error_response(InternalError("The proxy failed unexpectedly."), request_id)
         finally:
             metrics.count_request(status)
-            fields = {}
-            if request.get("aborted"):
+            fields: dict[str, object] = {}
+            if request.get(ABORTED):
                 fields["aborted"] = True
-            client = request.get("client_id")
+            client = request.get(CLIENT_ID)
             if client:
                 fields["client_id"] = client
             log.info(
@@ -89,6 +93,6 @@ def observe(metrics: Metrics) -> Middleware:
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every response carries the id that is in the logs."""
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,0 +1,111 @@
+"""Local token endpoints, so the official SDKs need no real secret.
+
+Each SDK insists on fetching a token itself, each from its own path. The proxy answers those
+requests with a placeholder in Aspose's JSON shape and never forwards them; the placeholder is
+then replaced on API calls like any client ``Authorization``. With ``local_clients`` set, the
+endpoint checks credentials and the placeholder names its client (HMAC-signed with a key made
+at start-up), so the access log can tell shared clients apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from proxy.middleware import CLIENT_ID
+
+# The paths the official SDKs use: PDF, Words (every language), Cells v3 and v4, old SDKs.
+TOKEN_PATHS = (
+    "/connect/token",
+    "/v4.0/words/connect/token",
+    "/v3.0/cells/connect/token",
+    "/v4.0/cells/connect/token",
+    "/oauth2/token",
+)
+PLACEHOLDER_PREFIX = "aspose-proxy."
+LIFETIME = 86400
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LocalTokens:
+    """Issues and reads placeholder tokens; checks ``local_clients`` when configured."""
+
+    def __init__(self, local_clients: dict[str, SecretStr]) -> None:
+        self._clients = {k: v.get_secret_value().encode() for k, v in local_clients.items()}
+        self._key = secrets.token_bytes(32)
+
+    @property
+    def checks_clients(self) -> bool:
+        return bool(self._clients)
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, client_id: str) -> str:
+        payload = f"{_b64(client_id.encode())}.{int(time.time()) + LIFETIME}"
+        return f"{PLACEHOLDER_PREFIX}{payload}.{self._sign(payload)}"
+
+    def client_of(self, authorization: str | None) -> str | None:
+        """The client id a valid, unexpired placeholder was issued to, else None."""
+        if not authorization or not authorization.startswith("Bearer " + PLACEHOLDER_PREFIX):
+            return None
+        token = authorization[len("Bearer " + PLACEHOLDER_PREFIX) :]
+        payload, _, signature = token.rpartition(".")
+        encoded_id, _, expires = payload.partition(".")
+        if not hmac.compare_digest(signature, self._sign(payload)) or not expires.isdigit():
+            return None
+        if int(expires) < time.time():
+            return None
+        try:
+            return base64.urlsafe_b64decode(encoded_id + "=" * (-len(encoded_id) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+
+    def _accepts(self, client_id: str, secret: str) -> bool:
+        if not self._clients:
+            return True
+        expected = self._clients.get(client_id)
+        # compare_digest even for unknown ids, so timing does not reveal which ids exist
+        return hmac.compare_digest(expected or b"\0", secret.encode()) and expected is not None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """POST on an SDK token path: an OAuth answer, errors in OAuth's shape too."""
+        form = await request.post()
+        grant = form.get("grant_type")
+        client_id = str(form.get("client_id", ""))
+        secret = str(form.get("client_secret", ""))
+        if grant != "client_credentials":
+            return _oauth_error("unsupported_grant_type")
+        if not self._accepts(client_id, secret):
+            return _oauth_error("invalid_client")
+        request[CLIENT_ID] = client_id
+        body = {
+            "access_token": self.issue(client_id),
+            "expires_in": LIFETIME,
+            "token_type": "Bearer",
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def _oauth_error(code: str) -> web.Response:
+    # RFC 6749 §5.2: 400 with {"error": ...}
+    return web.json_response({"error": code}, status=400, headers={"Cache-Control": "no-store"})
+
+
+LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokens)
+
+
+def add_routes(app: web.Application, local_tokens: LocalTokens) -> None:
+    app[LOCAL_TOKENS] = local_tokens
+    for path in TOKEN_PATHS:
+        app.router.add_post(path, local_tokens.handle)

@@ -1,0 +1,26 @@
+"""The sandbox's start-up settings: what the CLI and the test fixtures choose once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Credentials the token endpoints accept, token lifetime and where files live.
+
+    ``data_dir=None`` means a temporary directory that the app creates on start-up and
+    removes on clean-up; a given directory is used as is and never removed.
+    """
+
+    client_id: str = "demo"
+    client_secret: str = "demo-secret"  # noqa: S105 (the documented demo secret)
+    token_lifetime: float = 86400
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            raise ValueError("client_id must not be empty")
+        if self.token_lifetime <= 0:
+            raise ValueError("token_lifetime must be positive")

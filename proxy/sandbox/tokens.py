@@ -1,0 +1,147 @@
+"""OAuth client-credentials token endpoints: issue HS256 JWTs, verify them, revoke by generation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote_plus
+
+import jwt
+from aiohttp import web
+
+from proxy.sandbox.errors import oauth_error
+from proxy.sandbox.faults import answer_token_fault, use_once
+from proxy.sandbox.state import STATE, SandboxState
+
+# Every path an Aspose SDK asks for a token on (see ASPOSE-API-NOTES.md).
+TOKEN_PATHS: Final = (
+    "/connect/token",
+    "/v4.0/words/connect/token",
+    "/v3.0/cells/connect/token",
+    "/v4.0/cells/connect/token",
+    "/oauth2/token",
+)
+ALGORITHM: Final = "HS256"
+REQUIRED_CLAIMS: Final = ["exp", "iat", "jti", "client_id", "gen"]
+MAX_FORM_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What checking a bearer token found; ``expired`` and ``revoked`` need a good signature."""
+
+    valid: bool
+    expired: bool = False
+    revoked: bool = False
+    reason: str = ""
+
+
+def issue_token(state: SandboxState, now: float | None = None) -> tuple[str, int]:
+    """A signed token and its ``expires_in``; ``exp`` rounds up so it never ends early."""
+    issued = time.time() if now is None else now
+    lifetime = math.ceil(state.token_lifetime)
+    claims = {
+        "iat": int(issued),
+        "exp": math.ceil(issued + state.token_lifetime),
+        "jti": uuid.uuid4().hex,
+        "client_id": state.config.client_id,
+        "gen": state.generation,
+    }
+    return jwt.encode(claims, state.signing_key, algorithm=ALGORITHM), lifetime
+
+
+def verify_token(state: SandboxState, token: str, now: float | None = None) -> Verdict:
+    """Check signature, expiry (our own clock, to tell expired apart) and generation."""
+    try:
+        claims = jwt.decode(
+            token,
+            state.signing_key,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_iat": False, "require": REQUIRED_CLAIMS},
+        )
+    except jwt.InvalidTokenError:
+        return Verdict(valid=False, reason="The access token is invalid.")
+    moment = time.time() if now is None else now
+    expired = not isinstance(claims["exp"], int | float) or moment >= claims["exp"]
+    revoked = claims["gen"] != state.generation
+    if expired:
+        return Verdict(False, expired=True, revoked=revoked, reason="The access token expired.")
+    if revoked:
+        return Verdict(False, revoked=True, reason="The access token was revoked.")
+    return Verdict(valid=True)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token from ``Authorization: Bearer <token>``, or ``None``."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _form_values(raw: bytes) -> dict[str, set[str]]:
+    """Each field's raw and URL-decoded value: the Words Python SDK does not URL-encode."""
+    values: dict[str, set[str]] = {}
+    for pair in raw.decode("utf-8", errors="replace").split("&"):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            continue
+        values.setdefault(unquote_plus(key), set()).update({value, unquote_plus(value)})
+    return values
+
+
+def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1 also allows client credentials in HTTP Basic auth."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    return (unquote_plus(client_id), unquote_plus(secret)) if sep else None
+
+
+def _matches(candidates: set[str], expected: str) -> bool:
+    return any(hmac.compare_digest(c.encode(), expected.encode()) for c in candidates)
+
+
+async def token_endpoint(request: web.Request) -> web.Response:
+    """``POST`` a client-credentials form, get ``{"access_token", "expires_in", "token_type"}``."""
+    state = request.app[STATE]
+    state.stats.token_requests += 1
+    applies, used_up = use_once(state.token_fault)
+    if applies and state.token_fault is not None:
+        fault = state.token_fault
+        if used_up:
+            state.token_fault = None
+        faulty = await answer_token_fault(fault)
+        if faulty is not None:
+            return faulty
+
+    raw = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(raw) > MAX_FORM_BYTES:
+        return oauth_error("invalid_request")
+    form = _form_values(raw)
+    if "grant_type" not in form:
+        return oauth_error("invalid_request")
+    if not _matches(form["grant_type"], "client_credentials"):
+        return oauth_error("unsupported_grant_type")
+    basic = _basic_credentials(request)
+    ids = form.get("client_id", set()) | ({basic[0]} if basic else set())
+    secrets_ = form.get("client_secret", set()) | ({basic[1]} if basic else set())
+    if not (_matches(ids, state.config.client_id) and _matches(secrets_, state.client_secret)):
+        return oauth_error("invalid_client")
+
+    token, expires_in = issue_token(state)
+    return web.json_response(
+        {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"},
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},  # RFC 6749 §5.1
+    )
