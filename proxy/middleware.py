@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.errors import ProxyError, error_response
+from proxy.errors import BadRequest, ProxyError, error_response
 from proxy.metrics import Metrics
 
 log = structlog.get_logger("proxy.access")
@@ -52,6 +52,12 @@ def observe(metrics: Metrics) -> Middleware:
         started = time.perf_counter()
         status = 500
         try:
+            if request.match_info.http_exception is not None:
+                # The catch-all route takes every origin-form path: a miss means an
+                # absolute-form, authority-form (CONNECT) or otherwise odd target.
+                raise BadRequest(
+                    "Only origin-form requests (a path starting with /) are forwarded."
+                )
             response = await handler(request)
             status = response.status
             return response

@@ -1,0 +1,46 @@
+"""A few bytes on a socket: for what an HTTP client library would not send as written."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from yarl import URL
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+async def open_to(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parsed = URL(url)
+    return await asyncio.open_connection(parsed.host, parsed.port)
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
+    return status, [(k, v) for k, v in headers]
+
+
+async def exchange(url: str, request: bytes, timeout: float = 10) -> RawResponse:
+    """Send ``request`` as is and read one response (Content-Length or close-delimited)."""
+    reader, writer = await open_to(url)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            status, headers = await read_head(reader)
+            length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+            body = await reader.readexactly(length) if length is not None else await reader.read()
+        return RawResponse(status, headers, body)
+    finally:
+        writer.close()
