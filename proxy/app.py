@@ -42,6 +42,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        await tokens.close()
         await session.close()
         await token_session.close()
 

@@ -284,6 +284,13 @@ class TokenCache:
         token = self.valid_token()
         return max(0.0, token.refresh_at - now) if token is not None else 0.0
 
+    async def close(self) -> None:
+        """Stop a fetch in flight (at shutdown)."""
+        if self._inflight is not None:
+            self._inflight.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TokenFetchError):
+                await self._inflight
+
     async def run_refresher(self) -> None:
         """Fetch at start, then refresh before expiry and retry after failures; runs forever."""
         while True:

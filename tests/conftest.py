@@ -77,7 +77,7 @@ async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
     async def start(config: SandboxConfig | None = None, **overrides: Any) -> RunningSandbox:
         config = config or SandboxConfig(**overrides)
         app = create_sandbox_app(config)
-        runner = web.AppRunner(app, handle_signals=False)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
