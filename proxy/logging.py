@@ -47,7 +47,7 @@ class Redactor:
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {k: self._walk(v) for k, v in value.items()}
+            return {self._walk(k): self._walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return type(value)(self._walk(v) for v in value)
         if isinstance(value, int | float | bool) or value is None:
@@ -55,7 +55,7 @@ class Redactor:
         return self.redact(str(value))
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        return {key: self._walk(value) for key, value in event_dict.items()}
+        return {self._walk(key): self._walk(value) for key, value in event_dict.items()}
 
 
 class _NamedWriteLoggerFactory:

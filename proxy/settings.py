@@ -180,6 +180,8 @@ def load_settings(
         raise SettingsError(_describe(exc, origins)) from None
     for key in Settings.model_fields:
         origins.setdefault(key, "default")
+    if "client_secret_file" in merged:
+        origins["client_secret"] = f"client_secret_file ({settings.client_secret_file})"
     if "token_url" not in merged:
         origins["token_url"] = "default (from upstream_url)"  # noqa: S105
     return LoadedSettings(settings, origins)

@@ -244,6 +244,10 @@ class TokenCache:
             self._failed(TokenFetchError(f"token fetch failed ({type(exc).__name__})"))
             raise TokenFetchError(f"token fetch failed ({type(exc).__name__})") from None
         token = Token(answer.access_token, answer.expires_in, self._clock(), self._rng.random())
+        if token.usable_until <= self._clock():
+            error = TokenFetchError("the token endpoint sent a token that has already expired")
+            self._failed(error)
+            raise error
         self._current = token
         recovered = self._last_error is not None
         self._failures = 0

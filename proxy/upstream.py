@@ -7,7 +7,7 @@ decompresses, stores no cookies and adds no header the client did not send.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from yarl import URL
@@ -78,7 +78,3 @@ async def iter_body(response: aiohttp.ClientResponse, read_timeout: float) -> As
             if not chunk:
                 return
             yield chunk
-
-
-def header_pairs(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return list(headers)
