@@ -19,14 +19,29 @@ LogFormat = Literal["json", "console"]
 REDACTED = "[REDACTED]"
 
 # Anything that looks like a bearer credential, a JWT (or the start of one: base64url of '{"'),
-# or a credential in a form body or query string.
-_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
-    re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}"),
-    re.compile(
-        r"(?i)((?:client_secret|access_token|refresh_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+"
-    ),
+# or a credential in a form body or query string. One pass of one regex per string.
+_TOKEN_PATTERNS = (
+    r"(?P<bearer>(?i:bearer)\s+)[^\s\"',;]+",
+    r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}",
+    r"(?P<field>(?i:client_secret|access_token|refresh_token)[\"']?\s*[=:]\s*[\"']?)[^&\s\"',}]+",
 )
+# Keys whose values are credentials whatever they look like (a parsed form, a header dict).
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "client_secret",
+        "access_token",
+        "refresh_token",
+        "password",
+        "secret",
+        "token",
+    }
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.group("bearer") or match.group("field") or "") + REDACTED
 
 
 class Redactor:
@@ -34,28 +49,36 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         literal = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._secrets = re.compile("|".join(re.escape(s) for s in literal)) if literal else None
+        patterns = [re.escape(s) for s in literal] + list(_TOKEN_PATTERNS)
+        self._pattern = re.compile("|".join(patterns))
 
     def redact(self, text: str) -> str:
-        if self._secrets is not None:
-            text = self._secrets.sub(REDACTED, text)
-        for pattern in _PATTERNS:
-            text = pattern.sub(lambda m: (m.group(1) if m.re.groups else "") + REDACTED, text)
-        return text
+        return self._pattern.sub(_mask, text)
 
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, dict):
-            return {self._walk(k): self._walk(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self._walk(v) for v in value)
+            return self._pattern.sub(_mask, value)
         if isinstance(value, int | float | bool) or value is None:
             return value
-        return self.redact(str(value))
+        if isinstance(value, dict):
+            return {self._walk(k): self._value(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._walk(v) for v in value)
+        return self._pattern.sub(_mask, str(value))
+
+    def _value(self, key: object, value: Any) -> Any:
+        if isinstance(key, str) and key.lower() in SENSITIVE_KEYS and value:
+            return REDACTED
+        return self._walk(value)
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        return {self._walk(key): self._walk(value) for key, value in event_dict.items()}
+        return {
+            # structlog's own meta keys (``_record``, ``_from_structlog``) pass untouched.
+            key if key.startswith("_") else self._walk(key): (
+                value if key.startswith("_") else self._value(key, value)
+            )
+            for key, value in event_dict.items()
+        }
 
 
 class _NamedWriteLoggerFactory:

@@ -125,7 +125,7 @@ def _raise_rejected(oauth_error: str, settings: Settings) -> TokenAnswer:
 
 def _lifetime(expires_in: object, token: str) -> float:
     """``expires_in``, else the JWT's ``exp``, else one day."""
-    if isinstance(expires_in, int | float | str):
+    if isinstance(expires_in, int | float | str) and not isinstance(expires_in, bool):
         with contextlib.suppress(ValueError):
             seconds = float(expires_in)
             if seconds > 0:

@@ -1,0 +1,211 @@
+"""The replayable request body (proxy/body.py), fed from an aiohttp StreamReader we drive."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import StreamReader
+
+from proxy.body import RequestBody
+from proxy.errors import BodyTooLarge
+
+KiB = 1024
+MiB = 1024 * KiB
+
+needs_proc = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="inspects /proc/self/fd"
+)
+
+
+class FakeProtocol:
+    """Just what StreamReader calls on its protocol for flow control."""
+
+    def __init__(self) -> None:
+        self._reading_paused = False
+        self.connected = True
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        self._reading_paused = False
+
+
+def make_stream() -> StreamReader:
+    return StreamReader(FakeProtocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
+def stream_of(chunks: Iterable[bytes], *, eof: bool = True) -> StreamReader:
+    stream = make_stream()
+    for chunk in chunks:
+        stream.feed_data(chunk)
+    if eof:
+        stream.feed_eof()
+    return stream
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def payload(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def open_files_in(directory: Path) -> list[str]:
+    """Paths of this process's open file descriptors that live in ``directory``."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return found
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+async def read(
+    stream: StreamReader, spool: Path, *, memory_limit: int = 64 * KiB, max_size: int = 16 * MiB
+) -> RequestBody:
+    return await RequestBody.read(
+        stream, memory_limit=memory_limit, max_size=max_size, spool_dir=spool
+    )
+
+
+async def collect(body: RequestBody) -> bytes:
+    return b"".join([chunk async for chunk in body.chunks()])
+
+
+async def test_small_body_stays_in_memory(spool: Path) -> None:
+    body = await read(stream_of([b"hello", b" ", b"world"]), spool)
+    assert body.in_memory == b"hello world"
+    assert body.size == 11
+    assert os.listdir(spool) == []
+    body.close()
+
+
+async def test_empty_body_is_empty_in_memory(spool: Path) -> None:
+    body = await read(stream_of([]), spool)
+    assert body.in_memory == b""
+    assert body.size == 0
+
+
+async def test_body_of_exactly_memory_limit_stays_in_memory(spool: Path) -> None:
+    data = payload(64 * KiB)
+    body = await read(stream_of(split(data, 10_000)), spool, memory_limit=64 * KiB)
+    assert body.in_memory == data
+    body.close()
+
+
+async def test_body_one_byte_over_memory_limit_spills(spool: Path) -> None:
+    data = payload(64 * KiB + 1)
+    body = await read(stream_of(split(data, 10_000)), spool, memory_limit=64 * KiB)
+    try:
+        assert body.in_memory is None
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+async def test_big_body_spills_to_unlinked_file_and_replays_identically(spool: Path) -> None:
+    data = payload(3 * MiB + 123)  # several spill batches and read chunks
+    body = await read(stream_of(split(data, 60_000)), spool, memory_limit=100 * KiB)
+    try:
+        assert body.in_memory is None
+        assert body.size == len(data)
+        assert os.listdir(spool) == []  # unlinked at once: nothing to leave behind
+        first = await collect(body)
+        second = await collect(body)
+        assert first == data
+        assert second == data
+    finally:
+        body.close()
+
+
+@needs_proc
+async def test_spilled_body_file_lives_in_spool_dir_until_closed(spool: Path) -> None:
+    body = await read(stream_of(split(payload(300 * KiB), 50_000)), spool, memory_limit=KiB)
+    assert len(open_files_in(spool)) == 1
+    assert os.listdir(spool) == []
+    body.close()
+    assert open_files_in(spool) == []
+
+
+async def test_over_max_size_in_memory_raises_body_too_large(spool: Path) -> None:
+    stream = stream_of([b"x" * 600, b"y" * 600])
+    with pytest.raises(BodyTooLarge) as caught:
+        await read(stream, spool, memory_limit=64 * KiB, max_size=1000)
+    assert caught.value.status == 413
+    assert "1000" in caught.value.message
+
+
+@needs_proc
+async def test_over_max_size_after_spilling_raises_and_closes_file(spool: Path) -> None:
+    stream = stream_of(split(payload(2 * MiB), 64 * KiB))
+    with pytest.raises(BodyTooLarge):
+        await read(stream, spool, memory_limit=100 * KiB, max_size=MiB)
+    assert open_files_in(spool) == []
+    assert os.listdir(spool) == []
+
+
+async def test_max_size_is_inclusive(spool: Path) -> None:
+    data = payload(5000)
+    body = await read(stream_of(split(data, 1000)), spool, memory_limit=100, max_size=5000)
+    try:
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+@needs_proc
+async def test_client_disconnect_mid_body_closes_spool_file(spool: Path) -> None:
+    stream = stream_of(split(payload(300 * KiB), 50_000), eof=False)
+    task = asyncio.create_task(read(stream, spool, memory_limit=KiB))
+    for _ in range(100):  # let it spill and block waiting for more data
+        await asyncio.sleep(0.005)
+        if open_files_in(spool):
+            break
+    assert len(open_files_in(spool)) == 1
+    stream.set_exception(aiohttp.ClientConnectionError("client went away"))
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await task
+    assert open_files_in(spool) == []
+
+
+@needs_proc
+async def test_cancelled_read_closes_spool_file(spool: Path) -> None:
+    stream = stream_of(split(payload(300 * KiB), 50_000), eof=False)
+    task = asyncio.create_task(read(stream, spool, memory_limit=KiB))
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if open_files_in(spool):
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert open_files_in(spool) == []
+
+
+async def test_close_is_idempotent(spool: Path) -> None:
+    spilled = await read(stream_of([payload(10 * KiB)]), spool, memory_limit=KiB)
+    spilled.close()
+    spilled.close()
+    in_memory = await read(stream_of([b"abc"]), spool)
+    in_memory.close()
+    in_memory.close()
+    assert in_memory.in_memory == b"abc"
