@@ -30,11 +30,12 @@ def too_large(size: int, limit: int) -> BodyTooLarge:
 class RequestBody:
     """The bytes of one request body, readable as many times as the request is sent."""
 
-    __slots__ = ("_file", "_memory", "size")
+    __slots__ = ("_file", "_memory", "size", "spilled")
 
     def __init__(self) -> None:
         self._memory = bytearray()
         self._file: IO[bytes] | None = None
+        self.spilled = False
         self.size = 0
 
     @classmethod
@@ -58,6 +59,7 @@ class RequestBody:
                     body._memory += chunk
                     if len(body._memory) > memory_limit:
                         body._file = await asyncio.to_thread(_open_spool, spool_dir)
+                        body.spilled = True
                         pending, body._memory = body._memory, bytearray()
                     continue
                 pending += chunk
@@ -74,12 +76,13 @@ class RequestBody:
     @property
     def in_memory(self) -> bytes | None:
         """The whole body when it fits in memory (the fast path), else None."""
-        return None if self._file is not None else bytes(self._memory)
+        return None if self.spilled else bytes(self._memory)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The spilled body from its start, in chunks, off the event loop."""
         spool = self._file
-        assert spool is not None
+        if spool is None:
+            raise RuntimeError("the spilled body was closed or never spilled")
         await asyncio.to_thread(spool.seek, 0)
         while chunk := await asyncio.to_thread(spool.read, CHUNK):
             yield chunk
