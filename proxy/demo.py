@@ -32,6 +32,11 @@ Try it in another terminal:
   curl -T hello.txt {proxy_url}/v4.0/words/storage/file/demo/hello.txt
   curl {proxy_url}/v4.0/words/storage/folder/demo
   curl -o hello-copy.txt {proxy_url}/v4.0/words/storage/file/demo/hello.txt
+  head -c 2000000 /dev/urandom > big.bin
+  curl -T big.bin {proxy_url}/v4.0/words/storage/file/demo/big.bin
+  curl -o big-copy.bin {proxy_url}/v4.0/words/storage/file/demo/big.bin
+  cmp big.bin big-copy.bin
+  curl --compressed {proxy_url}/v4.0/words/storage/folder/demo
   curl {proxy_url}/readyz
 Press Ctrl+C to stop."""
 

@@ -20,15 +20,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.middleware import CLIENT_ID
+from proxy.oauth import TOKEN_PATHS, TokenRequest, matches, read_token_request
 
-# The paths the official SDKs use: PDF, Words (every language), Cells v3 and v4, old SDKs.
-TOKEN_PATHS = (
-    "/connect/token",
-    "/v4.0/words/connect/token",
-    "/v3.0/cells/connect/token",
-    "/v4.0/cells/connect/token",
-    "/oauth2/token",
-)
 PLACEHOLDER_PREFIX = "aspose-proxy."
 LIFETIME = 86400
 
@@ -41,7 +34,7 @@ class LocalTokens:
     """Issues and reads placeholder tokens; checks ``local_clients`` when configured."""
 
     def __init__(self, local_clients: dict[str, SecretStr]) -> None:
-        self._clients = {k: v.get_secret_value().encode() for k, v in local_clients.items()}
+        self._clients = {k: v.get_secret_value() for k, v in local_clients.items()}
         self._key = secrets.token_bytes(32)
 
     @property
@@ -71,24 +64,28 @@ class LocalTokens:
         except (binascii.Error, UnicodeDecodeError):
             return None
 
-    def _accepts(self, client_id: str, secret: str) -> bool:
+    def _client_for(self, form: TokenRequest) -> str | None:
+        """The client the request proves to be, or None when ``local_clients`` refuses it."""
         if not self._clients:
-            return True
-        expected = self._clients.get(client_id)
-        # compare_digest even for unknown ids, so timing does not reveal which ids exist
-        return hmac.compare_digest(expected or b"\0", secret.encode()) and expected is not None
+            return next(iter(sorted(form.client_ids)), "")
+        for client_id in sorted(form.client_ids):
+            expected = self._clients.get(client_id)
+            if expected is not None and matches(form.client_secrets, expected):
+                return client_id
+        return None
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST on an SDK token path: an OAuth answer, errors in OAuth's shape too."""
-        form = await request.post()
-        grant = form.get("grant_type")
-        client_id = str(form.get("client_id", ""))
-        secret = str(form.get("client_secret", ""))
-        if grant != "client_credentials":
+        form = await read_token_request(request)
+        if form is None or not form.grant_types:
+            return _oauth_error("invalid_request")
+        if not matches(form.grant_types, "client_credentials"):
             return _oauth_error("unsupported_grant_type")
-        if not self._accepts(client_id, secret):
+        client_id = self._client_for(form)
+        if client_id is None:
             return _oauth_error("invalid_client")
-        request[CLIENT_ID] = client_id
+        if client_id:
+            request[CLIENT_ID] = client_id
         body = {
             "access_token": self.issue(client_id),
             "expires_in": LIFETIME,

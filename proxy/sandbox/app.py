@@ -10,11 +10,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy.oauth import TOKEN_PATHS
 from proxy.sandbox import control, diagnostics, storage
 from proxy.sandbox.config import SandboxConfig
 from proxy.sandbox.middleware import access_log, guard_api
 from proxy.sandbox.state import STATE, SandboxState
-from proxy.sandbox.tokens import TOKEN_PATHS, token_endpoint
+from proxy.sandbox.tokens import token_endpoint
 
 
 async def _data_dir(app: web.Application) -> AsyncIterator[None]:

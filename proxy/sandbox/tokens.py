@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import math
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote_plus
 
 import jwt
 from aiohttp import web
 
+from proxy.oauth import matches, read_token_request
 from proxy.sandbox.errors import oauth_error
 from proxy.sandbox.faults import answer_token_fault, use_once
 from proxy.sandbox.state import STATE, SandboxState
 
-# Every path an Aspose SDK asks for a token on (see ASPOSE-API-NOTES.md).
-TOKEN_PATHS: Final = (
-    "/connect/token",
-    "/v4.0/words/connect/token",
-    "/v3.0/cells/connect/token",
-    "/v4.0/cells/connect/token",
-    "/oauth2/token",
-)
 ALGORITHM: Final = "HS256"
 REQUIRED_CLAIMS: Final = ["exp", "iat", "jti", "client_id", "gen"]
-MAX_FORM_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,34 +73,6 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def _form_values(raw: bytes) -> dict[str, set[str]]:
-    """Each field's raw and URL-decoded value: the Words Python SDK does not URL-encode."""
-    values: dict[str, set[str]] = {}
-    for pair in raw.decode("utf-8", errors="replace").split("&"):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            continue
-        values.setdefault(unquote_plus(key), set()).update({value, unquote_plus(value)})
-    return values
-
-
-def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
-    """RFC 6749 §2.3.1 also allows client credentials in HTTP Basic auth."""
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    client_id, sep, secret = decoded.partition(":")
-    return (unquote_plus(client_id), unquote_plus(secret)) if sep else None
-
-
-def _matches(candidates: set[str], expected: str) -> bool:
-    return any(hmac.compare_digest(c.encode(), expected.encode()) for c in candidates)
-
-
 async def token_endpoint(request: web.Request) -> web.Response:
     """``POST`` a client-credentials form, get ``{"access_token", "expires_in", "token_type"}``."""
     state = request.app[STATE]
@@ -126,18 +86,15 @@ async def token_endpoint(request: web.Request) -> web.Response:
         if faulty is not None:
             return faulty
 
-    raw = await request.content.read(MAX_FORM_BYTES + 1)
-    if len(raw) > MAX_FORM_BYTES:
+    form = await read_token_request(request)
+    if form is None or not form.grant_types:
         return oauth_error("invalid_request")
-    form = _form_values(raw)
-    if "grant_type" not in form:
-        return oauth_error("invalid_request")
-    if not _matches(form["grant_type"], "client_credentials"):
+    if not matches(form.grant_types, "client_credentials"):
         return oauth_error("unsupported_grant_type")
-    basic = _basic_credentials(request)
-    ids = form.get("client_id", set()) | ({basic[0]} if basic else set())
-    secrets_ = form.get("client_secret", set()) | ({basic[1]} if basic else set())
-    if not (_matches(ids, state.config.client_id) and _matches(secrets_, state.client_secret)):
+    if not (
+        matches(form.client_ids, state.config.client_id)
+        and matches(form.client_secrets, state.client_secret)
+    ):
         return oauth_error("invalid_client")
 
     token, expires_in = issue_token(state)
