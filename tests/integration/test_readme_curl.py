@@ -238,7 +238,7 @@ async def test_curl_oversized_upload_is_refused_before_the_body_is_sent(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     """With ``Expect: 100-continue`` the proxy checks the declared size first: curl gets 413
-    instead of ``100 Continue`` and never sends the body (docs/clients.md says so)."""
+    instead of ``100 Continue`` and never sends the body (the README says so)."""
     require_tool("curl", "install curl (apt-get install curl)")
     proxy = await proxy_factory(max_body_size=MiB)
     big = tmp_path / "too-big.bin"
