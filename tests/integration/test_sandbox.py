@@ -55,7 +55,7 @@ async def post_form(sandbox: RunningSandbox, path: str, body: str) -> tuple[int,
 
 def creds(
     client_id: str = "demo",
-    secret: str = "demo-secret",  # noqa: S107
+    secret: str = "demo-secret",
     grant: str = "client_credentials",
 ) -> str:
     return f"grant_type={grant}&client_id={client_id}&client_secret={secret}"
