@@ -173,7 +173,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(render_config(loaded))
         return 0
     _require_credentials(settings)
-    configure_logging(settings.log_format, settings.log_level, settings.secret_values)
+    configure_logging(
+        settings.log_format,
+        settings.log_level,
+        settings.secret_values,
+        flush_interval=settings.log_flush_interval,
+    )
     if args.command == "check":
         return run(lambda: _check(settings))
     return run(lambda: _run(settings))

@@ -11,7 +11,6 @@ import asyncio
 import aiohttp
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.auth import send_with_token
 from proxy.body import RequestBody, too_large
@@ -28,6 +27,12 @@ log = structlog.get_logger("proxy.handler")
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 NO_BODY_STATUSES = frozenset({204, 304})
 EMPTY_BODY = RequestBody()
+
+
+class _WholeResponse(web.StreamResponse):
+    """A response whose body is already here: headers and body leave in one write."""
+
+    _send_headers_immediately = False
 
 
 def _status(response: aiohttp.ClientResponse) -> int:
@@ -58,6 +63,8 @@ class Forwarder:
         self._max_body = settings.max_body_size
         self._spool_dir = settings.spool_dir
         self._count_replay = metrics.replays.inc
+        # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall.
+        self._loop = asyncio.get_running_loop()
 
     async def expect_continue(self, request: web.Request) -> None:
         """Answer ``Expect: 100-continue`` ourselves, only for a body we will accept.
@@ -116,15 +123,15 @@ class Forwarder:
             data = None  # no body at all: send none
         method = request.method
         session = self._session
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        upstream_timeout = self._upstream_timeout
         latency = self._metrics.upstream_latency
 
         async def send(token: str) -> aiohttp.ClientResponse:
-            out = CIMultiDict(headers)
-            out["Authorization"] = f"Bearer {token}"
+            out = [*headers, ("Authorization", f"Bearer {token}")]
             started = loop.time()
             try:
-                async with asyncio.timeout(self._upstream_timeout):
+                async with asyncio.Timeout(started + upstream_timeout):
                     response = await session.request(
                         method,
                         url,
@@ -148,19 +155,28 @@ class Forwarder:
     async def _stream_back(
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=CIMultiDict(outbound_response_headers(upstream.headers.items())),
-        )
+        status, reason = upstream.status, upstream.reason
+        headers = outbound_response_headers(upstream.headers.items())
         length = upstream.headers.get("Content-Length")
+        has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
+        content = upstream.content
+        if has_body and content.is_eof():
+            # The whole body came with the headers (most API answers): one write, no loop.
+            body = content.read_nowait()
+            whole = _WholeResponse(status=status, reason=reason, headers=headers)
+            if length is not None:
+                whole.content_length = len(body)
+            await whole.prepare(request)
+            await whole.write_eof(body)
+            return whole
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
         if length is not None and length.isdigit():
             response.content_length = int(length)
         await response.prepare(request)
-        if request.method == "HEAD" or upstream.status in NO_BODY_STATUSES:
+        if not has_body:
             return response
         try:
-            async for chunk in iter_body(upstream, self._read_timeout):
+            async for chunk in iter_body(upstream, self._read_timeout, self._loop):
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The client must see a broken response, not a complete-looking one: close the

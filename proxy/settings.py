@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     local_clients: dict[str, SecretStr] = Field(default_factory=dict)
     log_format: Literal["json", "console"] | None = None
     log_level: str = "info"
+    log_flush_interval: float = Field(1.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

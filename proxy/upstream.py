@@ -21,7 +21,7 @@ SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Conte
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """The pooled keep-alive session every forwarded request shares."""
-    connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
@@ -31,7 +31,6 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         # read_timeout are applied per request by the handler (aiohttp's sock_read would also
         # cut a slow conversion's wait for headers).
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
-        read_bufsize=2**18,
     )
 
 
@@ -67,11 +66,12 @@ def map_client_error(exc: BaseException, phase: str) -> ProxyError:
     return UpstreamUnreachable(f"The upstream API broke the exchange ({phase}).")
 
 
-async def iter_body(response: aiohttp.ClientResponse, read_timeout: float) -> AsyncIterator[bytes]:
+async def iter_body(
+    response: aiohttp.ClientResponse, read_timeout: float, loop: asyncio.AbstractEventLoop
+) -> AsyncIterator[bytes]:
     """The response body as it arrives; TimeoutError when a gap exceeds ``read_timeout``."""
-    loop = asyncio.get_running_loop()
     content = response.content
-    async with asyncio.timeout(None) as gap:
+    async with asyncio.Timeout(None) as gap:
         while True:
             gap.reschedule(loop.time() + read_timeout)
             chunk = await content.readany()

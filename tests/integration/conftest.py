@@ -45,7 +45,9 @@ class LogCapture:
 def logs() -> Iterator[LogCapture]:
     """The real processor chain, JSON, to a buffer; checked for leaks after every test."""
     capture = LogCapture()
-    configure_logging("json", "debug", secrets=[SANDBOX_SECRET], stream=capture.stream)
+    configure_logging(
+        "json", "debug", secrets=[SANDBOX_SECRET], stream=capture.stream, flush_interval=0
+    )
     yield capture
     root = logging.getLogger()
     for handler in root.handlers[:]:
