@@ -59,6 +59,8 @@ class Redactor:
         patterns = [re.escape(s) for s in literal] + list(_TOKEN_PATTERNS)
         self._pattern = re.compile("|".join(patterns))
         self._secrets = tuple(literal)
+        # Keys repeat (they come from code): remember which need a closer look.
+        self._plain_keys: dict[str, bool] = {}
 
     def _suspect(self, text: str) -> bool:
         """A cheap first look (plain substring tests, ~0.3 us): the full pattern costs
@@ -97,7 +99,12 @@ class Redactor:
         for key, value in list(event_dict.items()):
             if key in _OWN_KEYS or key[0] == "_":
                 continue  # made by the chain itself, or structlog's meta keys
-            if key.lower() not in SENSITIVE_KEYS and not suspect(key):
+            plain_key = self._plain_keys.get(key)
+            if plain_key is None:
+                plain_key = key.lower() not in SENSITIVE_KEYS and not suspect(key)
+                if len(self._plain_keys) < 1024:
+                    self._plain_keys[key] = plain_key
+            if plain_key:
                 kind = type(value)
                 if kind in _PLAIN or (kind is str and not suspect(value)):
                     continue  # the common case, checked in one C call
@@ -149,7 +156,7 @@ def configure_logging(
 
     ``flush_interval`` batches ordinary lines (None: 1 s, or 0 on a terminal).
     """
-    global _sink
+    global _sink, _access
     stream = stream or sys.stderr
     if flush_interval is None:
         flush_interval = 0.0 if stream.isatty() else DEFAULT_FLUSH_INTERVAL
@@ -180,7 +187,27 @@ def configure_logging(
         logger_factory=SinkLoggerFactory(sink),
         cache_logger_on_first_use=False,
     )
+    # The per-request line gets a lean chain of its own: no context to merge (the request id
+    # is passed in), no stack or exception to render; same timestamp, redaction and renderer.
+    timestamper = next(p for p in shared if isinstance(p, structlog.processors.TimeStamper))
+    redactor = next(p for p in shared if isinstance(p, Redactor))
+    _access = structlog.wrap_logger(
+        SinkLoggerFactory(sink)(ACCESS_LOGGER),
+        processors=[_access_fields, timestamper, redactor, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    ).bind()
     return sink
+
+
+def _access_fields(_: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    event_dict["logger"] = ACCESS_LOGGER
+    event_dict["level"] = method
+    return event_dict
+
+
+def access_logger() -> Any:
+    """The logger for the one line per request (falls back to structlog's defaults)."""
+    return _access if _access is not None else structlog.get_logger(ACCESS_LOGGER).bind()
 
 
 def flush_logs() -> None:
@@ -191,3 +218,5 @@ def flush_logs() -> None:
 
 # The one sink of this process: logging configuration is process-wide by nature.
 _sink: LineSink | None = None
+_access: Any = None
+ACCESS_LOGGER = "proxy.access"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import re
 import secrets
 import time
@@ -16,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from proxy.errors import BadRequest, ProxyError, error_response
+from proxy.logging import access_logger
 from proxy.metrics import Metrics
 
 log = structlog.get_logger("proxy.access")
@@ -48,7 +50,8 @@ def observe(metrics: Metrics) -> Middleware:
     """The middleware: binds the request id, answers ProxyErrors, logs one line per request."""
 
     # Bound once, after logging is configured: no lazy-proxy lookup per request.
-    access_log = log.bind()
+    access_log = access_logger()
+    log_requests = access_log.is_enabled_for(logging.INFO)
     count_request = metrics.count_request
     bind = structlog.contextvars.bind_contextvars
 
@@ -89,20 +92,22 @@ def observe(metrics: Metrics) -> Middleware:
             return error_response(InternalError("The proxy failed unexpectedly."), request_id)
         finally:
             count_request(status)
-            fields: dict[str, object] = {}
-            if request.get(ABORTED):
-                fields["aborted"] = True
-            client = request.get(CLIENT_ID)
-            if client:
-                fields["client_id"] = client
-            access_log.info(
-                "request",
-                method=request.method,
-                path=request.path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                **fields,
-            )
+            if log_requests:
+                fields: dict[str, object] = {}
+                if request.get(ABORTED):
+                    fields["aborted"] = True
+                client = request.get(CLIENT_ID)
+                if client:
+                    fields["client_id"] = client
+                access_log.info(
+                    "request",
+                    request_id=request_id,
+                    method=request.method,
+                    path=request.raw_path.partition("?")[0],  # as sent; the query stays out
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    **fields,
+                )
 
     return middleware
 
