@@ -7,8 +7,6 @@ Contenders, all in front of the same fast static upstream (bench/upstream.py):
   minimal      bench/minimal_forwarder.py (aiohttp, fixed Authorization, nothing else)
   nginx        nginx -p TMP -c TMP/nginx.conf, fixed proxy_set_header Authorization
   mitmproxy    mitmdump --mode reverse:UPSTREAM with an addon setting Authorization
-  proxy-patched  (not in the default set) bench/patched_proxy.py: our proxy, info logs, with
-               the fixes proposed in docs/benchmarks.md monkeypatched in (BENCH_PATCHES)
 
 Scenarios: "small" (GET /v4.0/words/storage/disc, a 64-byte JSON answer) and "1mib"
 (GET /bytes?size=1048576). Each (scenario, connections, contender) cell runs --repeat times,
@@ -54,7 +52,7 @@ from _common import (
     write_results,
 )
 
-CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "nginx", "mitmproxy", "proxy-patched")
+CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "nginx", "mitmproxy")
 DEFAULT_CONTENDERS = CONTENDERS[:-1]
 SCENARIOS = {
     "small": "/v4.0/words/storage/disc",
@@ -106,10 +104,8 @@ def start_contender(
     py = sys.executable
     if name == "direct":
         return upstream, ""
-    if name in ("proxy", "proxy-quiet", "proxy-patched"):
+    if name in ("proxy", "proxy-quiet"):
         cmd = [ASPOSE_PROXY, "run"]
-        if name == "proxy-patched":
-            cmd = [py, str(BENCH_DIR / "patched_proxy.py"), "run"]
         proc = start_announcing(
             name,
             pinned(cmd, cpu),
@@ -366,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"errors {r['error_count']}",
                             flush=True,
                         )
-        for name in ("proxy", "proxy-quiet", "proxy-patched"):
+        for name in ("proxy", "proxy-quiet"):
             log = tmp / name / f"{name}.log"
             if log.exists():
                 info.setdefault(name, {})["log_bytes"] = log.stat().st_size
