@@ -60,6 +60,20 @@ class Proc:
             self.popen.wait(5)
 
 
+def proxy_env(upstream_url: str, spool_dir: Path, log_level: str) -> dict[str, str]:
+    """Settings for ``aspose-proxy run`` in front of ``bench/upstream.py`` and its token URL."""
+    return {
+        "ASPOSE_PROXY_UPSTREAM_URL": upstream_url,
+        "ASPOSE_PROXY_TOKEN_URL": upstream_url + "/connect/token",
+        "ASPOSE_PROXY_CLIENT_ID": "bench",
+        "ASPOSE_PROXY_CLIENT_SECRET": "bench-secret",
+        "ASPOSE_PROXY_PORT": "0",
+        "ASPOSE_PROXY_SPOOL_DIR": str(spool_dir),
+        "ASPOSE_PROXY_LOG_LEVEL": log_level,
+        "ASPOSE_PROXY_LOG_FORMAT": "json",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -37,6 +37,7 @@ from _common import (
     Proc,
     machine_facts,
     pinned,
+    proxy_env,
     start_announcing,
     stopping,
     table,
@@ -174,16 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = start_announcing(
             "proxy",
             pinned([ASPOSE_PROXY, "run"], server_cpu),
-            env={
-                "ASPOSE_PROXY_UPSTREAM_URL": upstream.url,
-                "ASPOSE_PROXY_TOKEN_URL": upstream.url + "/connect/token",
-                "ASPOSE_PROXY_CLIENT_ID": "bench",
-                "ASPOSE_PROXY_CLIENT_SECRET": "bench-secret",
-                "ASPOSE_PROXY_PORT": "0",
-                "ASPOSE_PROXY_SPOOL_DIR": str(tmp),
-                "ASPOSE_PROXY_LOG_LEVEL": args.log_level,
-                "ASPOSE_PROXY_LOG_FORMAT": "json",
-            },
+            env=proxy_env(upstream.url, tmp, args.log_level),
             log_path=tmp / "proxy.log",
         )
         procs.append(proxy)

@@ -44,6 +44,7 @@ from _common import (
     machine_facts,
     median,
     pinned,
+    proxy_env,
     start_announcing,
     stopping,
     table,
@@ -109,16 +110,7 @@ def start_contender(
         proc = start_announcing(
             name,
             pinned(cmd, cpu),
-            env={
-                "ASPOSE_PROXY_UPSTREAM_URL": upstream.url,
-                "ASPOSE_PROXY_TOKEN_URL": upstream.url + "/connect/token",
-                "ASPOSE_PROXY_CLIENT_ID": "bench",
-                "ASPOSE_PROXY_CLIENT_SECRET": "bench-secret",
-                "ASPOSE_PROXY_PORT": "0",
-                "ASPOSE_PROXY_SPOOL_DIR": str(tmp),
-                "ASPOSE_PROXY_LOG_LEVEL": "warning" if name == "proxy-quiet" else "info",
-                "ASPOSE_PROXY_LOG_FORMAT": "json",
-            },
+            env=proxy_env(upstream.url, tmp, "warning" if name == "proxy-quiet" else "info"),
             log_path=tmp / f"{name}.log",  # the access log lands in a file, as in production
         )
         wait_http(proc.url + "/readyz")

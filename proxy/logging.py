@@ -119,8 +119,8 @@ _PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def default_format(stream: TextIO) -> LogFormat:
-    """JSON in containers and pipes, console on a terminal."""
-    return "console" if stream.isatty() else "json"
+    """JSON in containers and pipes (stdout not a terminal), console on a terminal."""
+    return "console" if sys.stdout.isatty() and stream.isatty() else "json"
 
 
 def build_processors(
