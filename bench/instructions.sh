@@ -30,7 +30,7 @@ measure() {  # label, then the server command (it must listen on 127.0.0.1:9102)
 }
 
 export ASPOSE_PROXY_UPSTREAM_URL=http://127.0.0.1:9101 ASPOSE_PROXY_CLIENT_ID=x \
-    ASPOSE_PROXY_CLIENT_SECRET=y ASPOSE_PROXY_PORT=9102
+    ASPOSE_PROXY_CLIENT_SECRET=bench-secret ASPOSE_PROXY_PORT=9102
 measure minimal $PY bench/minimal_forwarder.py --upstream http://127.0.0.1:9101 --port 9102
 ASPOSE_PROXY_LOG_LEVEL=info measure proxy .venv/bin/aspose-proxy run
 ASPOSE_PROXY_LOG_LEVEL=warning measure proxy-quiet .venv/bin/aspose-proxy run

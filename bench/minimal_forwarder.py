@@ -89,13 +89,16 @@ if __name__ == "__main__":
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--token", default="x.y.z", help="fixed bearer token (default x.y.z)")
+    p.add_argument("--asyncio", action="store_true", help="plain asyncio loop, even with uvloop")
     a = p.parse_args()
-    try:
-        import uvloop
+    factory = None
+    if not a.asyncio:
+        try:
+            import uvloop
 
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = None  # type: ignore[assignment]
+            factory = uvloop.new_event_loop
+        except ImportError:
+            pass
     try:
         with asyncio.Runner(loop_factory=factory) as r:
             r.run(serve(a))

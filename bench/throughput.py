@@ -53,7 +53,7 @@ from _common import (
     write_results,
 )
 
-CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "nginx", "mitmproxy")
+CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "minimal-asyncio", "nginx", "mitmproxy")
 DEFAULT_CONTENDERS = CONTENDERS[:-1]
 SCENARIOS = {
     "small": "/v4.0/words/storage/disc",
@@ -116,7 +116,7 @@ def start_contender(
         wait_http(proc.url + "/readyz")
         proc.extra["uvloop"] = uses_uvloop(proc.pid)
         return proc, ""
-    if name == "minimal":
+    if name in ("minimal", "minimal-asyncio"):
         proc = start_announcing(
             name,
             pinned(
@@ -129,10 +129,11 @@ def start_contender(
                     "0",
                     "--token",
                     TOKEN,
+                    *(["--asyncio"] if name == "minimal-asyncio" else []),
                 ],
                 cpu,
             ),
-            log_path=tmp / "minimal.log",
+            log_path=tmp / f"{name}.log",
         )
         proc.extra["uvloop"] = uses_uvloop(proc.pid)
         return proc, ""

@@ -57,7 +57,6 @@ class Forwarder:
         self._tokens = tokens
         self._metrics = metrics
         self._target = UpstreamTarget(settings.upstream_url)
-        self._upstream_timeout = settings.upstream_timeout
         self._read_timeout = settings.read_timeout
         self._memory_limit = settings.body_memory_limit
         self._max_body = settings.max_body_size
@@ -124,21 +123,19 @@ class Forwarder:
         method = request.method
         session = self._session
         loop = self._loop
-        upstream_timeout = self._upstream_timeout
         latency = self._metrics.upstream_latency
 
         async def send(token: str) -> aiohttp.ClientResponse:
             out = [*headers, ("Authorization", f"Bearer {token}")]
             started = loop.time()
             try:
-                async with asyncio.Timeout(started + upstream_timeout):
-                    response = await session.request(
-                        method,
-                        url,
-                        headers=out,
-                        data=body.chunks() if spilled else data,
-                        allow_redirects=False,
-                    )
+                response = await session.request(
+                    method,
+                    url,
+                    headers=out,
+                    data=body.chunks() if spilled else data,
+                    allow_redirects=False,
+                )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = map_client_error(exc, "sending the request")
                 log.warning("upstream request failed", error=error.code, cause=type(exc).__name__)

@@ -27,10 +27,13 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
-        # connect_timeout opens a connection (a pool wait is not counted); upstream_timeout and
-        # read_timeout are applied per request by the handler (aiohttp's sock_read would also
-        # cut a slow conversion's wait for headers).
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+        # connect_timeout opens a connection (a pool wait is not counted). sock_read is the
+        # longest silence from upstream: upstream_timeout bounds the wait for response headers
+        # (a slow conversion); the shorter read_timeout between body chunks is applied by
+        # iter_body. aiohttp's own timer costs less than an asyncio.timeout per request.
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.upstream_timeout
+        ),
     )
 
 
