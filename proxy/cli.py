@@ -41,7 +41,7 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True)
-        help_text = f"env ASPOSE_PROXY_{name.upper()}; default {default!r}"
+        help_text = f"{field.description} (env ASPOSE_PROXY_{name.upper()}; default {default!r})"
         if field.annotation is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text

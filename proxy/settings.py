@@ -34,26 +34,44 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    client_id: str = ""
-    client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
-    upstream_url: str = "https://api.aspose.cloud"
-    token_url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8080
-    upstream_timeout: float = Field(300.0, gt=0)
-    connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(60.0, gt=0)
-    token_wait_timeout: float = Field(5.0, gt=0)
-    body_memory_limit: int = Field(1 * MiB, ge=0)
-    max_body_size: int = Field(2048 * MiB, gt=0)
-    spool_dir: Path | None = None
-    shutdown_grace: float = Field(30.0, ge=0)
-    local_token_endpoint: bool = True
-    local_clients: dict[str, SecretStr] = Field(default_factory=dict)
-    log_format: Literal["json", "console"] | None = None
-    log_level: str = "info"
-    log_flush_interval: float = Field(1.0, ge=0)
+    client_id: str = Field("", description="Aspose Cloud application client id")
+    client_secret: SecretStr | None = Field(None, description="its secret (env or TOML only)")
+    client_secret_file: Path | None = Field(
+        None, description="file holding the secret, e.g. /run/secrets/aspose_client_secret"
+    )
+    upstream_url: str = Field("https://api.aspose.cloud", description="where requests go")
+    token_url: str = Field("", description="token endpoint (default {upstream_url}/connect/token)")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, description="port to listen on, 0 picks a free one")
+    upstream_timeout: float = Field(
+        300.0, gt=0, description="seconds to wait for upstream response headers"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open an upstream connection")
+    read_timeout: float = Field(60.0, gt=0, description="longest gap between body chunks, seconds")
+    token_wait_timeout: float = Field(
+        5.0, gt=0, description="how long a request waits for a token fetch, seconds"
+    )
+    body_memory_limit: int = Field(
+        1 * MiB, ge=0, description="request body bytes kept in memory before spilling to disk"
+    )
+    max_body_size: int = Field(2048 * MiB, gt=0, description="larger request bodies get 413")
+    spool_dir: Path | None = Field(None, description="where spilled bodies go (system temp dir)")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
+    )
+    local_token_endpoint: bool = Field(
+        True, description="answer SDK token requests locally with a placeholder"
+    )
+    local_clients: dict[str, SecretStr] = Field(
+        default_factory=dict, description="client id -> secret the local endpoint accepts"
+    )
+    log_format: Literal["json", "console"] | None = Field(
+        None, description="json (default off a terminal) or console"
+    )
+    log_level: str = Field("info", description="debug, info, warning, error or critical")
+    log_flush_interval: float = Field(
+        1.0, ge=0, description="seconds ordinary log lines may wait to be written in a batch"
+    )
 
     @classmethod
     def settings_customise_sources(
