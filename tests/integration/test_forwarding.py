@@ -295,3 +295,38 @@ async def test_a_client_session_without_auto_headers_sees_upstream_headers(
     ):
         assert response.status == 200
         assert response.content_type == "application/json"
+
+
+async def test_small_chunked_upstream_answer_arrives_whole_and_chunked(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    """A body that arrives complete with its headers takes the one-write path; an upstream
+    answer without Content-Length must not gain one, and must not lose bytes."""
+    from aiohttp import web
+
+    from proxy.serve import start_server
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Up": "1"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"part one, ")
+        await response.write(b"part two")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/chunked", chunked)
+    upstream = await start_server(app, "127.0.0.1", 0)
+    try:
+        proxy = await proxy_factory(upstream=upstream.url, token_url=f"{sandbox.url}/connect/token")
+        response = await exchange(
+            proxy.url, b"GET /chunked HTTP/1.1\r\nHost: me\r\nConnection: close\r\n\r\n"
+        )
+    finally:
+        await upstream.stop()
+    assert response.status == 200
+    assert response.header("X-Up") == "1"
+    assert response.header("Content-Length") is None
+    assert response.header("Transfer-Encoding") == "chunked"
+    assert b"part one, " in response.body and b"part two" in response.body
