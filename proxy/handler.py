@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.auth import send_with_token
 from proxy.body import RequestBody, too_large
 from proxy.errors import BadRequest
-from proxy.headers import REQUEST_DROPPED, filter_headers, outbound_response_headers
+from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
 from proxy.middleware import ABORTED
 from proxy.settings import Settings
@@ -113,12 +113,12 @@ class Forwarder:
         self, request: web.Request, raw_target: str, body: RequestBody
     ) -> aiohttp.ClientResponse:
         url = self._target.url_for(raw_target)
-        headers = filter_headers(request.headers.items(), REQUEST_DROPPED)
+        in_headers = request.headers
         data = body.in_memory
         spilled = data is None
-        if spilled:  # spilled: streamed from disk, so say its length ourselves
-            headers.append(("Content-Length", str(body.size)))
-        elif not data and "Content-Length" not in request.headers:
+        # spilled: streamed from disk, so say its length ourselves (aiohttp does for bytes)
+        length = [("Content-Length", str(body.size))] if spilled else []
+        if not spilled and not data and "Content-Length" not in in_headers:
             data = None  # no body at all: send none
         method = request.method
         session = self._session
@@ -126,7 +126,7 @@ class Forwarder:
         latency = self._metrics.upstream_latency
 
         async def send(token: str) -> aiohttp.ClientResponse:
-            out = [*headers, ("Authorization", f"Bearer {token}")]
+            out = outbound_request_headers(in_headers.items(), token) + length
             started = loop.time()
             try:
                 response = await session.request(

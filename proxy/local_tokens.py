@@ -37,10 +37,6 @@ class LocalTokens:
         self._clients = {k: v.get_secret_value() for k, v in local_clients.items()}
         self._key = secrets.token_bytes(32)
 
-    @property
-    def checks_clients(self) -> bool:
-        return bool(self._clients)
-
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 

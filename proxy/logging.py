@@ -239,12 +239,6 @@ def access_logger() -> Any:
     return _access if _access is not None else structlog.get_logger(ACCESS_LOGGER).bind()
 
 
-def flush_logs() -> None:
-    """Write whatever lines are pending (before the process or a server stops)."""
-    if _sink is not None:
-        _sink.flush()
-
-
 # The one sink of this process: logging configuration is process-wide by nature.
 _sink: LineSink | None = None
 _access: Any = None
