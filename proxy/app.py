@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from proxy import health, local_tokens
+from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.errors import ProxyError
 from proxy.handler import Forwarder
 from proxy.health import METRICS, TOKENS
-from proxy.local_tokens import LOCAL_TOKENS, LocalTokens
+from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
-from proxy.middleware import CLIENT_ID, add_request_id, observe
+from proxy.middleware import Guard, access_guard, add_request_id, observe
+from proxy.oauth import TOKEN_PATHS
+from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
 from proxy.tokens import TokenCache, request_token
 from proxy.upstream import create_session
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+GUARD: web.AppKey[Guard] = web.AppKey("guard")
+
+log = structlog.get_logger("proxy.app")
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,30 +60,58 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return await request.app[FORWARDER].handle(request)
 
 
-async def forward_named_client(request: web.Request) -> web.StreamResponse:
-    """``forward``, noting which local client sent the request (for the access log)."""
-    client_id = request.app[LOCAL_TOKENS].client_of(request.headers.get("Authorization"))
-    if client_id is not None:
-        request[CLIENT_ID] = client_id
-    return await request.app[FORWARDER].handle(request)
-
-
 async def expect_continue(request: web.Request) -> None:
+    """aiohttp calls this before the middleware: a request the guards refuse gets no
+    100 Continue (so no body is sent), and the middleware then answers the refusal."""
+    try:
+        request.app[GUARD](request)
+    except ProxyError:
+        return
     await request.app[FORWARDER].expect_continue(request)
 
 
-def create_app(settings: Settings) -> web.Application:
-    metrics = Metrics()
-    app = web.Application(middlewares=[observe(metrics)], handler_args={"max_field_size": 65536})
+def _route_kinds(router: web.UrlDispatcher) -> dict[object, RouteKind]:
+    """Which guards each of the proxy's own routes gets; anything else is forwarded."""
+    kinds: dict[object, RouteKind] = {}
+    for route in router.routes():
+        if route.handler in (health.healthz, health.readyz):
+            kinds[route] = RouteKind.PROBE
+        elif route.handler is health.metrics:
+            kinds[route] = RouteKind.METRICS
+        elif route.resource is not None and route.resource.canonical in TOKEN_PATHS:
+            kinds[route] = RouteKind.LOCAL
+    return kinds
+
+
+def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> web.Application:
+    """The proxy app; ``local_token_key`` is shared by the workers of ``run --workers N``."""
+    # Several workers answer /metrics on one port: each labels its series with its pid.
+    metrics = Metrics({"pid": str(os.getpid())} if settings.workers != 1 else None)
+    issuer = (
+        LocalTokens(settings.local_clients, local_token_key)
+        if settings.local_token_endpoint
+        else None
+    )
+    access = AccessControl(
+        AccessRules.from_settings(settings), issuer.client_of if issuer else NO_LOCAL_CLIENTS
+    )
+    guard = access_guard(access)
+    app = web.Application(
+        middlewares=[observe(metrics, guard)], handler_args={"max_field_size": 65536}
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[GUARD] = guard
+    if RELOAD_HOOKS not in app:
+        app[RELOAD_HOOKS] = []
+    app[RELOAD_HOOKS].append(access.reload)
+    for warning in startup_warnings(settings):
+        log.warning(warning)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     health.add_routes(app)
-    handler = forward
-    if settings.local_token_endpoint:
-        local_tokens.add_routes(app, LocalTokens(settings.local_clients))
-        if settings.local_clients:
-            handler = forward_named_client
-    app.router.add_route("*", "/{tail:.*}", handler, expect_handler=expect_continue)
+    if issuer is not None:
+        local_tokens.add_routes(app, issuer)
+    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)
+    access.route_kinds.update(_route_kinds(app.router))
     return app

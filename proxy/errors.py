@@ -2,7 +2,24 @@
 
     ProxyError                      (base: status, code, a human sentence)
      ├── BadRequest           400   bad_request: a request the proxy will not forward
+     ├── ClientAuthRequired   401   client_auth_required: require_client_auth is on and the
+     │                              request has no valid X-Proxy-Key or local bearer token
+     ├── AddressNotAllowed    403   address_not_allowed: the client address is not in allow_from
+     ├── OriginNotAllowed     403   origin_not_allowed: a web page's request (Origin header)
+     │                              from an origin not in allow_origins
+     ├── OperationNotAllowed  403   operation_not_allowed: method or path outside allow_methods /
+     │                              allow_paths, or a path that could mean another one
+     ├── HostNotAllowed       421   host_not_allowed: on a loopback listener, a Host that is
+     │                              not a loopback name nor in allow_hosts (DNS rebinding)
      ├── BodyTooLarge         413   body_too_large: the body exceeds max_body_size
+     ├── InsufficientStorage  507   insufficient_storage: a big body cannot be spooled
+     │                              (spool_dir missing, unwritable or full)
+     ├── RateLimited          429   rate_limited: the client's rate_limits bucket is empty;
+     │                              carries Retry-After
+     ├── BudgetExhausted      429   budget_exhausted: a budget's calls for this period are
+     │                              spent; Retry-After = seconds until the period resets
+     ├── UsageStoreUnavailable 503  usage_store_unavailable: a budget applies but its shared
+     │                              counter (Redis) cannot be reached; carries Retry-After
      ├── TokenUnavailable     503   token_unavailable: no valid token (credentials rejected,
      │                              token endpoint failing); carries Retry-After
      ├── UpstreamUnreachable  502   upstream_unreachable: cannot connect, or the exchange broke
@@ -29,6 +46,7 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
     description = "The proxy failed to handle the request."
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers, e.g. a 401 challenge
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -42,10 +60,77 @@ class BadRequest(ProxyError):
     description = "The proxy only forwards origin-form requests to its configured upstream."
 
 
+class ClientAuthRequired(ProxyError):
+    status = 401
+    code = "client_auth_required"
+    description = (
+        "The proxy requires client authentication: X-Proxy-Key with an access key, or "
+        "Authorization: Bearer with a token from the proxy's local token endpoint."
+    )
+    # RFC 9110 §15.5.2: a 401 carries a challenge.
+    headers = (("WWW-Authenticate", 'Bearer realm="aspose-proxy"'),)
+
+
+class AddressNotAllowed(ProxyError):
+    status = 403
+    code = "address_not_allowed"
+    description = "The client's address is not in the proxy's allow_from setting."
+
+
+class OriginNotAllowed(ProxyError):
+    status = 403
+    code = "origin_not_allowed"
+    description = "Requests from web pages are refused unless their origin is in allow_origins."
+
+
+class OperationNotAllowed(ProxyError):
+    status = 403
+    code = "operation_not_allowed"
+    description = "The method or path is outside the proxy's allow_methods or allow_paths."
+
+
+class HostNotAllowed(ProxyError):
+    # RFC 9110 §15.5.20 421 Misdirected Request: this server does not answer for that
+    # authority. A DNS-rebound page names its own host; nothing is forwarded.
+    status = 421
+    code = "host_not_allowed"
+    description = (
+        "The proxy listens on a loopback address and only answers Host names that are loopback "
+        "names or listed in allow_hosts."
+    )
+
+
 class BodyTooLarge(ProxyError):
     status = 413
     code = "body_too_large"
     description = "The request body is larger than the proxy's max_body_size setting."
+
+
+class InsufficientStorage(ProxyError):
+    status = 507
+    code = "insufficient_storage"
+    description = (
+        "The proxy could not keep a copy of the request body on disk (needed to replay it "
+        "after a 401); smaller bodies are not affected."
+    )
+
+
+class RateLimited(ProxyError):
+    status = 429
+    code = "rate_limited"
+    description = "The client sent more requests per second than its rate_limits entry allows."
+
+
+class BudgetExhausted(ProxyError):
+    status = 429
+    code = "budget_exhausted"
+    description = "A budget for this client and product has no calls left in this period."
+
+
+class UsageStoreUnavailable(ProxyError):
+    status = 503
+    code = "usage_store_unavailable"
+    description = "A budget applies, but the shared usage store that counts it is unreachable."
 
 
 class TokenUnavailable(ProxyError):
@@ -77,7 +162,7 @@ def error_response(error: ProxyError, request_id: str) -> web.Response:
             "DateTime": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         },
     }
-    headers = {ERROR_HEADER: error.code}
+    headers = {ERROR_HEADER: error.code, **dict(error.headers)}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return web.Response(

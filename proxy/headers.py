@@ -23,10 +23,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Never forwarded upstream: the client's credentials are replaced, Host is the upstream's,
-# Expect is answered by the proxy itself, and Content-Length is set from the buffered body
-# (a chunked upload gets one too, as nginx does).
-REQUEST_DROPPED = HOP_BY_HOP | {"authorization", "host", "expect", "content-length"}
+# Never forwarded upstream: the client's credentials are replaced (and its X-Proxy-Key, the
+# proxy's own access key, stays here), Host is the upstream's, Expect is answered by the proxy
+# itself, and Content-Length is set from the buffered body (a chunked upload gets one too, as
+# nginx does).
+REQUEST_DROPPED = HOP_BY_HOP | {"authorization", "x-proxy-key", "host", "expect", "content-length"}
 # aiohttp's server sets these itself from the body it sends; Content-Length is re-added
 # by the handler when upstream sent one.
 RESPONSE_DROPPED = HOP_BY_HOP | {"content-length"}

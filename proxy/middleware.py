@@ -1,6 +1,13 @@
-"""Per-request bookkeeping: request id, one canonical log line, metrics, error answers.
+"""Per-request bookkeeping: request id, access guards, one canonical log line, metrics, errors.
 
-Every error the proxy makes itself becomes a response here, in one place.
+Every error the proxy makes itself becomes a response here, in one place. The guards run in
+one fixed order (DESIGN.md "The next layer"), each a decision from ``proxy.access``:
+
+    address (allow_from) -> Host/Origin -> client auth -> operation (methods, paths)
+    -> budget / rate limit -> handler
+
+Probes (/healthz, /readyz) skip every guard; /metrics and the local token endpoints get the
+address and Host/Origin guards only (nothing is forwarded from them).
 """
 
 from __future__ import annotations
@@ -8,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from proxy.access import KEY_HEADER, AccessControl, RouteKind
 from proxy.errors import BadRequest, ProxyError, error_response
 from proxy.logging import access_logger
 from proxy.metrics import Metrics
@@ -27,11 +37,23 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Unique per process run: 64 random bits, then a counter (cheaper than uuid4 per request).
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """A forked child (a worker) must not repeat its parent's request ids."""
+    global _ID_PREFIX
+    _ID_PREFIX = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
 
 REQUEST_ID = web.RequestKey("request_id", str)
-CLIENT_ID = web.RequestKey("client_id", str)  # a local client, when local_clients is set
+# The client's name: its access key's name or its local client id (absent = anonymous).
+CLIENT_ID = web.RequestKey("client_id", str)
 ABORTED = web.RequestKey("aborted", bool)  # the response was cut because upstream broke
+# Upstream answered with this status: the request is a call (counted even if the client left).
+UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
 
 
 class InternalError(ProxyError):
@@ -46,13 +68,52 @@ def request_id_for(request: web.BaseRequest) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-def observe(metrics: Metrics) -> Middleware:
-    """The middleware: binds the request id, answers ProxyErrors, logs one line per request."""
+Guard = Callable[[web.Request], None]
+
+
+def access_guard(access: AccessControl) -> Guard:
+    """The access guards in their fixed order; raises the first refusal as a ``ProxyError``.
+
+    The rules are read from ``access`` once per request, so a reload swaps them whole.
+    """
+    kinds = access.route_kinds
+    client_of = access.local_client_of
+    forward, probe, metrics = RouteKind.FORWARD, RouteKind.PROBE, RouteKind.METRICS
+
+    def guard(request: web.Request) -> None:
+        kind = kinds.get(request.match_info.route, forward)
+        if kind is probe:
+            return  # kubelet probes come from the node's address
+        rules = access.rules
+        if not rules.everyone:
+            rules.check_address(request.remote, metrics=kind is metrics)
+        headers = request.headers
+        if rules.check_host:
+            rules.check_host_header(headers.get("Host"))
+        origin = headers.get("Origin")
+        if origin is not None:
+            rules.check_origin(origin)
+        if kind is not forward:
+            return
+        if rules.identifies_clients:
+            client = rules.client(headers.get(KEY_HEADER), headers.get("Authorization"), client_of)
+            if client:
+                request[CLIENT_ID] = client
+        if rules.limits_operations:
+            rules.check_operation(request.method, request.raw_path)
+
+    return guard
+
+
+def observe(metrics: Metrics, guard: Guard | None = None) -> Middleware:
+    """The middleware: binds the request id, applies the guards, answers ProxyErrors, logs one
+    line per request."""
 
     # Bound once, after logging is configured: no lazy-proxy lookup per request.
     access_log = access_logger()
     log_requests = access_log.is_enabled_for(logging.INFO)
     count_request = metrics.count_request
+    count_error = metrics.count_error
     bind = structlog.contextvars.bind_contextvars
 
     @web.middleware
@@ -65,6 +126,9 @@ def observe(metrics: Metrics) -> Middleware:
         started = time.perf_counter()
         status = 500
         try:
+            if guard is not None:
+                guard(request)  # address -> Host/Origin -> client auth -> operation
+            # Next step in the fixed order: budget / rate limit (the usage work), then the handler.
             if request.match_info.http_exception is not None:
                 # The catch-all route takes every origin-form path: a miss means an
                 # absolute-form, authority-form (CONNECT) or otherwise odd target.
@@ -76,6 +140,7 @@ def observe(metrics: Metrics) -> Middleware:
             return response
         except ProxyError as error:
             status = error.status
+            count_error(status, error.code)
             log.debug("proxy error", error=error.code, message=error.message)
             return error_response(error, request_id)
         except web.HTTPException as exc:
@@ -98,7 +163,7 @@ def observe(metrics: Metrics) -> Middleware:
                     fields["aborted"] = True
                 client = request.get(CLIENT_ID)
                 if client:
-                    fields["client_id"] = client
+                    fields["client"] = client
                 access_log.info(
                     "request",
                     request_id=request_id,

@@ -7,7 +7,11 @@ can say where every value came from and a validation error can name the source o
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,8 +21,18 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from proxy.usage.rules import Budget, RateLimit, check_store_url, default_store_url
+
 ENV_PREFIX = "ASPOSE_PROXY_"
 CONFIG_ENV_VAR = f"{ENV_PREFIX}CONFIG"
+# Where the workers of one `run --workers N` share their token schedule (the supervisor sets it).
+TOKEN_STATE_ENV_VAR = f"{ENV_PREFIX}TOKEN_STATE_FILE"
+# What Kubernetes injects for a Service named aspose-proxy[-anything] (service links):
+# ..._SERVICE_HOST, ..._SERVICE_PORT[_NAME], ..._PORT=tcp://ip:port, ..._PORT_8080_TCP[_ADDR...].
+_SERVICE_LINK_NAME = re.compile(
+    r"^\w*?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
+)
+_SERVICE_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MiB = 1024 * 1024
 
@@ -48,6 +62,11 @@ class Settings(BaseSettings):
     )
     connect_timeout: float = Field(10.0, gt=0, description="seconds to open an upstream connection")
     read_timeout: float = Field(60.0, gt=0, description="longest gap between body chunks, seconds")
+    upstream_keepalive_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="seconds idle upstream connections stay pooled (below load balancers' idle)",
+    )
     token_wait_timeout: float = Field(
         5.0, gt=0, description="how long a request waits for a token fetch, seconds"
     )
@@ -59,11 +78,40 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
     )
+    workers: int = Field(
+        1, ge=0, le=256, description="processes sharing the port (SO_REUSEPORT); 0 = one per CPU"
+    )
     local_token_endpoint: bool = Field(
         True, description="answer SDK token requests locally with a placeholder"
     )
     local_clients: dict[str, SecretStr] = Field(
         default_factory=dict, description="client id -> secret the local endpoint accepts"
+    )
+    allow_from: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="CIDRs of client addresses that may use the proxy (others get 403)",
+    )
+    metrics_allow_from: list[str] = Field(
+        default_factory=list,
+        description="more CIDRs that may read /metrics only (a Prometheus network)",
+    )
+    access_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="client name -> key sent as X-Proxy-Key (env/TOML only)"
+    )
+    require_client_auth: bool = Field(
+        False, description="forward only with a valid X-Proxy-Key or local client token"
+    )
+    allow_methods: list[str] = Field(
+        default_factory=list, description="HTTP methods forwarded; empty = all"
+    )
+    allow_paths: list[str] = Field(
+        default_factory=list, description="path prefixes forwarded, e.g. /v4.0/words/; empty = all"
+    )
+    allow_origins: list[str] = Field(
+        default_factory=list, description="web page origins allowed to call the proxy"
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="Host names answered besides the loopback names"
     )
     log_format: Literal["json", "console"] | None = Field(
         None, description="json (default off a terminal) or console"
@@ -71,6 +119,22 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning, error or critical")
     log_flush_interval: float = Field(
         1.0, ge=0, description="seconds ordinary log lines may wait to be written in a batch"
+    )
+    usage_store: str = Field(
+        default_factory=default_store_url,
+        description="where call counts live: sqlite:///path/usage.db, redis://host:port/db or off",
+    )
+    usage_store_password: SecretStr | None = Field(
+        None, description="the Redis password for usage_store (env or TOML only)"
+    )
+    usage_flush_interval: float = Field(
+        1.0, gt=0, description="seconds call counts wait in memory before a batched write"
+    )
+    budgets: list[Budget] = Field(
+        default_factory=list, description="call caps: [{client, product, period, calls}]"
+    )
+    rate_limits: list[RateLimit] = Field(
+        default_factory=list, description="token buckets: [{client, per_second, burst}]"
     )
 
     @classmethod
@@ -87,6 +151,17 @@ class Settings(BaseSettings):
             raise ValueError("must be 0..65535")
         return port
 
+    @field_validator("usage_store")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        return check_store_url(url)
+
+    @field_validator("budgets", "rate_limits", mode="before")
+    @classmethod
+    def _json_list(cls, value: object) -> object:
+        """A CLI flag brings the list as JSON text (env vars are parsed by pydantic-settings)."""
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, level: str) -> str:
@@ -98,6 +173,51 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_format(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "allow_from",
+        "metrics_allow_from",
+        "allow_methods",
+        "allow_paths",
+        "allow_origins",
+        "allow_hosts",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """A flag's value: a JSON list, or items separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("allow_from", "metrics_allow_from")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address or CIDR like 10.0.0.0/8") from None
+        return cidrs
+
+    @field_validator("allow_paths")
+    @classmethod
+    def _absolute_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must start with /")
+        return paths
+
+    @field_validator("access_keys")
+    @classmethod
+    def _non_empty_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, key in keys.items():
+            if not name or not key.get_secret_value():
+                raise ValueError("every access key needs a non-empty name and key")
+        return keys
 
     @field_validator("upstream_url", "token_url")
     @classmethod
@@ -123,15 +243,30 @@ class Settings(BaseSettings):
             object.__setattr__(self, "client_secret", SecretStr(text.rstrip("\r\n")))
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.upstream_url}/connect/token")
+        if self.require_client_auth and not (self.access_keys or self.local_clients):
+            raise ValueError(
+                "require_client_auth: set access_keys or local_clients too, "
+                "or no client could authenticate"
+            )
         return self
+
+    @property
+    def named_secrets(self) -> tuple[tuple[str, str], ...]:
+        """Every configured secret with the setting it comes from (``access_keys.ci-job``)."""
+        named = [
+            (f"local_clients.{k}", v.get_secret_value()) for k, v in self.local_clients.items()
+        ]
+        named += [(f"access_keys.{k}", v.get_secret_value()) for k, v in self.access_keys.items()]
+        if self.usage_store_password is not None:
+            named.append(("usage_store_password", self.usage_store_password.get_secret_value()))
+        if self.client_secret is not None:
+            named.append(("client_secret", self.client_secret.get_secret_value()))
+        return tuple((name, value) for name, value in named if value)
 
     @property
     def secret_values(self) -> tuple[str, ...]:
         """Every configured secret, for the log redactor."""
-        values = [s.get_secret_value() for s in self.local_clients.values()]
-        if self.client_secret is not None:
-            values.append(self.client_secret.get_secret_value())
-        return tuple(v for v in values if v)
+        return tuple(value for _, value in self.named_secrets)
 
 
 class SettingsError(Exception):
@@ -169,6 +304,38 @@ def _read_env() -> dict[str, Any]:
         raise SettingsError([f"environment: {exc}"]) from None
 
 
+def _refuse_service_link(port: object) -> None:
+    """``ASPOSE_PROXY_PORT=tcp://10.0.0.1:8080`` is Kubernetes' doing, not the user's: say so."""
+    if isinstance(port, str) and _SERVICE_LINK_VALUE.match(port.strip()):
+        raise SettingsError(
+            [
+                f"port: {ENV_PREFIX}PORT is {port.strip()!r}, a Kubernetes service link (a "
+                "Service named aspose-proxy in the namespace sets it in every pod); set "
+                "enableServiceLinks: false in the pod spec (or pass --port)"
+            ]
+        )
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``ASPOSE_PROXY_*`` names that are no setting (typos), each with the closest known name.
+
+    Kubernetes service links (``ASPOSE_PROXY_SERVICE_HOST``, ``..._PORT_8080_TCP``, a
+    ``tcp://`` value) are recognised and skipped: the user did not write them.
+    """
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known |= {CONFIG_ENV_VAR, TOKEN_STATE_ENV_VAR}
+    found = []
+    for name, value in sorted(environ.items()):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if _SERVICE_LINK_NAME.match(upper) or _SERVICE_LINK_VALUE.match(value.strip()):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.8)
+        found.append((name, close[0] if close else None))
+    return found
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None, config_path: str | Path | None = None
 ) -> LoadedSettings:
@@ -179,6 +346,8 @@ def load_settings(
     if path:
         layers.append((_read_toml(Path(path)), str(path)))
     env = _read_env()
+    if "port" not in cli:
+        _refuse_service_link(env.get("port"))
     layers.append((env, "env"))
     layers.append((dict(cli), "cli"))
 

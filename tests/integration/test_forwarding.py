@@ -83,7 +83,7 @@ async def test_head_is_forwarded_without_a_body(proxy: RunningProxy) -> None:
 
 async def test_no_header_is_added_that_the_client_did_not_send(proxy: RunningProxy) -> None:
     response = await exchange(
-        proxy.url, f"GET {ECHO}/x HTTP/1.1\r\nHost: me\r\nConnection: close\r\n\r\n".encode()
+        proxy.url, f"GET {ECHO}/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     )
     assert response.status == 200
     import json
@@ -96,7 +96,7 @@ async def test_hop_by_hop_request_headers_and_those_named_in_connection_are_drop
     proxy: RunningProxy,
 ) -> None:
     request = (
-        f"POST {ECHO}/x HTTP/1.1\r\nHost: me\r\n"
+        f"POST {ECHO}/x HTTP/1.1\r\nHost: localhost\r\n"
         "Connection: close, X-Drop-Me\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
         "Proxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\nX-Keep: 1\r\n"
         "Content-Length: 2\r\n\r\nhi"
@@ -203,7 +203,7 @@ async def test_only_origin_form_targets_are_forwarded(
 ) -> None:
     before = (await sandbox.stats())["api_requests"]
     response = await exchange(
-        proxy.url, f"{request_line}\r\nHost: evil.example\r\nConnection: close\r\n\r\n".encode()
+        proxy.url, f"{request_line}\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     )
     assert response.status == 400
     assert (await sandbox.stats())["api_requests"] == before
@@ -215,7 +215,7 @@ async def test_expect_continue_is_answered_by_the_proxy_and_not_forwarded(
     reader, writer = await open_to(proxy.url)
     try:
         writer.write(
-            f"PUT {ECHO}/x HTTP/1.1\r\nHost: me\r\nContent-Length: 5\r\n"
+            f"PUT {ECHO}/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
             "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode()
         )
         await writer.drain()
@@ -238,7 +238,7 @@ async def test_oversized_declared_upload_gets_413_before_any_body_is_sent(
     reader, writer = await open_to(proxy.url)
     try:
         writer.write(
-            f"PUT {ECHO}/x HTTP/1.1\r\nHost: me\r\nContent-Length: 5000\r\n"
+            f"PUT {ECHO}/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n"
             "Expect: 100-continue\r\n\r\n".encode()
         )
         await writer.drain()
@@ -271,7 +271,7 @@ async def test_client_request_id_is_kept_and_echoed(proxy: RunningProxy) -> None
 
 async def test_http10_client_gets_a_close_delimited_stream(proxy: RunningProxy) -> None:
     response = await exchange(
-        proxy.url, b"GET /v4.0/sandbox/drip?seconds=0.2&size=300 HTTP/1.0\r\nHost: me\r\n\r\n"
+        proxy.url, b"GET /v4.0/sandbox/drip?seconds=0.2&size=300 HTTP/1.0\r\nHost: localhost\r\n\r\n"
     )
     assert response.status == 200
     assert response.body == (bytes(range(256)) * 2)[:300]
@@ -321,7 +321,7 @@ async def test_small_chunked_upstream_answer_arrives_whole_and_chunked(
     try:
         proxy = await proxy_factory(upstream=upstream.url, token_url=f"{sandbox.url}/connect/token")
         response = await exchange(
-            proxy.url, b"GET /chunked HTTP/1.1\r\nHost: me\r\nConnection: close\r\n\r\n"
+            proxy.url, b"GET /chunked HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
     finally:
         await upstream.stop()

@@ -223,10 +223,10 @@ async def test_local_client_id_appears_in_the_access_log(
     ]
     api_lines = [line for line in lines if line.get("path") == "/v4.0/words/storage/disc"]
     by_id = {line["request_id"]: line for line in api_lines}
-    assert by_id["alice-call-1"].get("client_id") == "alice", by_id["alice-call-1"]
-    assert "client_id" not in by_id["forged-call-1"], by_id["forged-call-1"]
+    assert by_id["alice-call-1"].get("client") == "alice", by_id["alice-call-1"]
+    assert "client" not in by_id["forged-call-1"], by_id["forged-call-1"]
     token_lines = [line for line in lines if line.get("path") == "/v4.0/words/connect/token"]
-    assert [line.get("client_id") for line in token_lines] == ["alice"]
+    assert [line.get("client") for line in token_lines] == ["alice"]
 
 
 async def test_local_token_endpoint_off_forwards_token_paths(

@@ -1,0 +1,292 @@
+"""Who may connect, who may use the proxy and what they may do: pure decisions, no I/O.
+
+``AccessRules.from_settings`` parses every rule once (networks, host names, key digests, path
+prefixes); each check then takes plain request facts and returns a client name, ``None`` or
+raises a ``ProxyError``. The middleware applies them in one fixed order (see its docstring):
+address -> Host/Origin -> client auth -> operation. Rules that are empty or open are skipped,
+and the two checks that run on every request (address, Host) remember their answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from proxy.errors import (
+    AddressNotAllowed,
+    ClientAuthRequired,
+    HostNotAllowed,
+    OperationNotAllowed,
+    OriginNotAllowed,
+)
+from proxy.settings import Settings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
+# The private ranges the Docker image adds (RFC 1918, RFC 4193), quoted in the bind warning.
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+KEY_HEADER = "X-Proxy-Key"
+_CACHE_LIMIT = 1024  # distinct client addresses or Host values remembered per rules object
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+# In a percent-decoded path: an encoded '.', '/' or '\' that would only be decoded upstream.
+_ENCODED = ("%2e", "%2f", "%5c")
+
+
+class RouteKind(enum.Enum):
+    """Which guards a route gets: probes none, /metrics its own address list, local token
+    endpoints address and Host/Origin, forwarded requests all of them."""
+
+    PROBE = "probe"
+    METRICS = "metrics"
+    LOCAL = "local"
+    FORWARD = "forward"
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or bare addresses) as networks; host bits are ignored (``10.1.2.3/8``)."""
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Is ``host`` (an address or name from settings, no port) a loopback listener?"""
+    host = host.strip().strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _address(remote: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return None
+    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host header value, lower case: no port, no brackets, no final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    else:
+        name, sep, port = host.rpartition(":")
+        if not sep or not port.isdigit() or ":" in name:  # no port, or a bare IPv6 address
+            name = host
+    return name.rstrip(".")
+
+
+def _is_loopback_name(name: str) -> bool:
+    if name == "localhost":
+        return True
+    ip = _address(name) if name[:1].isdigit() or ":" in name else None
+    return ip is not None and ip.is_loopback
+
+
+def _path_prefix(prefix: str) -> str:
+    """Prefixes match whole segments: ``/v4.0/words`` matches ``/v4.0/words/x``, not
+    ``/v4.0/wordsx``. Lower case: the Aspose API's routes are case-insensitive."""
+    return prefix.strip().lower().rstrip("/") + "/"
+
+
+def normalised_path(raw_path: str) -> str | None:
+    """The path upstream will act on, lower case, or None when it could mean another one.
+
+    Refused (RFC 3986 §5.2.4 dot segments, and what servers decode further): any '.' or '..'
+    segment literal or percent-encoded (also '..;x', '...'), an encoded '/' or '\\', a '\\',
+    a NUL, and anything still percent-encoded as '.', '/' or '\\' after one decoding (double
+    encoding). The query is not part of the path.
+    """
+    path = raw_path.partition("?")[0]
+    decoded = unquote(path) if "%" in path else path
+    if "\\" in decoded or "\x00" in decoded or decoded.count("/") != path.count("/"):
+        return None
+    lowered = decoded.lower()
+    if "%" in lowered and any(e in lowered for e in _ENCODED):
+        return None
+    if "/." in lowered or "/ " in lowered:
+        for segment in lowered.split("/"):
+            head = segment.partition(";")[0]  # Tomcat-style '..;x' is '..' too
+            if "." in head and not head.strip(". "):  # '.', '..', '...', '.. '
+                return None
+    return lowered
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AccessRules:
+    """Every access rule, parsed once; replaced whole when settings are reloaded."""
+
+    allow_from: tuple[Network, ...] = ()
+    metrics_allow_from: tuple[Network, ...] = ()
+    check_host: bool = False
+    allow_hosts: frozenset[str] = frozenset()
+    allow_origins: frozenset[str] = frozenset()
+    access_keys: tuple[tuple[str, bytes], ...] = ()  # (name, SHA-256 of the key)
+    local_clients: frozenset[str] = frozenset()
+    require_client_auth: bool = False
+    allow_methods: frozenset[str] = frozenset()
+    allow_paths: tuple[str, ...] = ()
+    # Derived, so the middleware skips what cannot refuse anything with one attribute read.
+    everyone: bool = field(init=False, default=False)
+    identifies_clients: bool = field(init=False, default=False)
+    limits_operations: bool = field(init=False, default=False)
+    _addresses: dict[str, bool] = field(default_factory=dict, repr=False)
+    _metrics_addresses: dict[str, bool] = field(default_factory=dict, repr=False)
+    _hosts: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessRules:
+        keys = tuple(
+            (name, _digest(key.get_secret_value())) for name, key in settings.access_keys.items()
+        )
+        return cls(
+            allow_from=parse_networks(settings.allow_from),
+            metrics_allow_from=parse_networks(settings.metrics_allow_from),
+            check_host=is_loopback_host(settings.host) or bool(settings.allow_hosts),
+            allow_hosts=frozenset(_host_name(h) for h in settings.allow_hosts),
+            allow_origins=frozenset(o.strip().lower().rstrip("/") for o in settings.allow_origins),
+            access_keys=keys,
+            local_clients=frozenset(settings.local_clients),
+            require_client_auth=settings.require_client_auth,
+            allow_methods=frozenset(m.upper() for m in settings.allow_methods),
+            allow_paths=tuple(_path_prefix(p) for p in settings.allow_paths),
+        )
+
+    def __post_init__(self) -> None:
+        v4 = any(n.version == 4 and n.prefixlen == 0 for n in self.allow_from)
+        v6 = any(n.version == 6 and n.prefixlen == 0 for n in self.allow_from)
+        object.__setattr__(self, "everyone", v4 and v6)  # allow_from 0.0.0.0/0 and ::/0
+        object.__setattr__(self, "identifies_clients", bool(self.access_keys or self.local_clients))
+        object.__setattr__(self, "limits_operations", bool(self.allow_methods or self.allow_paths))
+
+    def check_address(self, remote: str | None, *, metrics: bool = False) -> None:
+        """``allow_from`` (plus ``metrics_allow_from`` for /metrics), else 403."""
+        remote = remote or ""
+        cache = self._metrics_addresses if metrics else self._addresses
+        allowed = cache.get(remote)
+        if allowed is None:
+            ip = _address(remote) if remote else None
+            networks = self.allow_from + self.metrics_allow_from if metrics else self.allow_from
+            allowed = ip is not None and any(ip in net for net in networks)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[remote] = allowed
+        if not allowed:
+            setting = "allow_from or metrics_allow_from" if metrics else "allow_from"
+            raise AddressNotAllowed(
+                f"The address {remote or '(unknown)'} is not in the proxy's {setting} setting."
+            )
+
+    def check_host_header(self, host: str | None) -> None:
+        """DNS rebinding: on a loopback listener only loopback names or ``allow_hosts``.
+
+        A request without Host (HTTP/1.0) cannot come from a browser and passes.
+        """
+        if host is None:
+            return
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            name = _host_name(host)
+            allowed = _is_loopback_name(name) or name in self.allow_hosts
+            if len(self._hosts) >= _CACHE_LIMIT:
+                self._hosts.clear()
+            self._hosts[host] = allowed
+        if not allowed:
+            raise HostNotAllowed(
+                "The Host header names neither a loopback address nor a name in allow_hosts."
+            )
+
+    def check_origin(self, origin: str) -> None:
+        """A browser page's request (it carries ``Origin``) only from ``allow_origins``."""
+        if origin.lower() not in self.allow_origins:
+            raise OriginNotAllowed("Requests from web pages of this origin are not allowed.")
+
+    def client(
+        self,
+        key: str | None,
+        authorization: str | None,
+        local_client_of: Callable[[str | None], str | None],
+    ) -> str | None:
+        """The client's name (access key name or local client id), or None.
+
+        Every key is compared, in constant time over SHA-256 digests (so neither which key
+        matched nor its length shows in the timing). With ``require_client_auth``, no valid
+        credential is a 401.
+        """
+        name = None
+        if key is not None and self.access_keys:
+            given = _digest(key)
+            for candidate, digest in self.access_keys:
+                if hmac.compare_digest(given, digest):
+                    name = candidate
+        if name is None and self.local_clients:
+            local = local_client_of(authorization)
+            if local in self.local_clients:  # not "" (anonymous) nor a removed client
+                name = local
+        if name is None and self.require_client_auth:
+            raise ClientAuthRequired(
+                "This proxy requires X-Proxy-Key with an access key, or a bearer token from its "
+                "token endpoint issued to one of its local clients."
+            )
+        return name
+
+    def check_operation(self, method: str, raw_path: str) -> None:
+        """``allow_methods`` and ``allow_paths`` (matched on the normalised path), else 403."""
+        if self.allow_methods and method not in self.allow_methods:
+            raise OperationNotAllowed(f"The method {method} is not allowed by allow_methods.")
+        if self.allow_paths:
+            path = normalised_path(raw_path)
+            if path is None:
+                raise OperationNotAllowed(
+                    "Paths with dot segments, encoded slashes or encoded dots are not allowed "
+                    "while allow_paths is set."
+                )
+            if not (path + "/").startswith(self.allow_paths):
+                raise OperationNotAllowed("The path is not under any prefix in allow_paths.")
+
+
+@dataclass(slots=True)
+class AccessControl:
+    """What the middleware's guards read: the current rules (swapped whole on reload), which
+    guards each route gets, and how to read a local client's bearer token."""
+
+    rules: AccessRules
+    local_client_of: Callable[[str | None], str | None]
+    route_kinds: dict[object, RouteKind] = field(default_factory=dict)
+
+    def reload(self, settings: Settings) -> None:
+        """A reload hook: the new settings' rules replace the old ones in one assignment."""
+        self.rules = AccessRules.from_settings(settings)
+
+
+def _no_local_client(_: str | None) -> str | None:
+    return None
+
+
+NO_LOCAL_CLIENTS: Callable[[str | None], str | None] = _no_local_client
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """Settings that are valid but probably not what the operator meant."""
+    if not is_loopback_host(settings.host) and tuple(settings.allow_from) == DEFAULT_ALLOW_FROM:
+        ranges = ", ".join(f'"{r}"' for r in (*DEFAULT_ALLOW_FROM, *PRIVATE_RANGES))
+        return [
+            f"listening on {settings.host} but allow_from admits only loopback clients, so "
+            "everyone else gets 403 address_not_allowed; set allow_from to the networks of "
+            f"your clients, e.g. ASPOSE_PROXY_ALLOW_FROM='[{ranges}]'"
+        ]
+    return []
