@@ -25,11 +25,16 @@ async def send_with_token(
     status_of: Callable[[R], int],
     release: Callable[[R], object],
     on_replay: Callable[[], None] = lambda: None,
+    may_replay: Callable[[], bool] = lambda: True,
 ) -> R:
-    """``send(token)``; on 401 release that response, renew the token and send once more."""
+    """``send(token)``; on 401 release that response, renew the token and send once more.
+
+    ``may_replay`` is asked first: a request already resent once (a stale connection) is not
+    sent a third time, its 401 goes back to the client as it is.
+    """
     token = await tokens.get()
     response = await send(token.value)
-    if status_of(response) != 401:
+    if status_of(response) != 401 or not may_replay():
         return response
     release(response)  # the first 401 is never shown to the client
     fresh = await tokens.renew(token)  # TokenUnavailable when no new token can be had

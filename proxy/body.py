@@ -1,24 +1,49 @@
-"""A replayable request body: buffered in memory up to a bound, then spilled to a temp file.
+"""Replayable request bodies: what lets the proxy send a request again after a 401.
 
-Buffering first (as nginx does by default) is what lets the proxy replay a request after a 401.
-The temp file is unlinked as soon as it is created, so no path (crash, cancellation, client
-disconnect) can leave it behind; closing the handle frees the disk space.
+Two shapes, one interface (``in_memory``, ``chunks()``, ``size``, ``close()``):
+
+- ``RequestBody.read``: the whole body first, in memory up to a bound, then in a temp file
+  (as nginx buffers). Used for small bodies and for chunked uploads, which are forwarded
+  with a ``Content-Length`` once complete.
+- ``TeeBody``: a big body with a declared length goes upstream *while it arrives* and is
+  copied to a temp file at the same time, so the common case (no 401) never waits for the
+  whole body; the copy is only read for a replay.
+
+Temp files are unlinked as soon as they are created, so no path (crash, cancellation, client
+disconnect) can leave one behind; closing the handle frees the disk space. When the spool
+cannot be written (directory missing, unwritable, disk full), the request fails with 507
+``insufficient_storage`` and the log names the directory and what to fix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
+import structlog
 from aiohttp import StreamReader
 
-from proxy.errors import BodyTooLarge
+from proxy.errors import BodyTooLarge, InsufficientStorage
+
+log = structlog.get_logger("proxy.body")
 
 CHUNK = 256 * 1024
 SPILL_BATCH = 1024 * 1024
+
+_FIXES = {
+    errno.ENOENT: "it does not exist: create it (writable by the proxy) or change spool_dir",
+    errno.ENOTDIR: "it is not a directory: change spool_dir",
+    errno.EACCES: "the proxy may not write there: fix its permissions or change spool_dir",
+    errno.EPERM: "the proxy may not write there: fix its permissions or change spool_dir",
+    errno.EROFS: "it is on a read-only file system: change spool_dir",
+    errno.ENOSPC: "its file system is full: free space, give it more, or lower max_body_size",
+    errno.EDQUOT: "the disk quota is used up: raise it or lower max_body_size",
+    errno.EFBIG: "a file size limit (ulimit -f) was hit: raise it or lower max_body_size",
+}
 
 
 def too_large(size: int, limit: int) -> BodyTooLarge:
@@ -27,10 +52,29 @@ def too_large(size: int, limit: int) -> BodyTooLarge:
     )
 
 
+def spool_failure(exc: OSError, spool_dir: Path | None) -> InsufficientStorage:
+    """Log what broke and how to fix it; the client gets a sentence without local paths."""
+    where = str(spool_dir) if spool_dir is not None else tempfile.gettempdir()
+    fix = _FIXES.get(exc.errno or 0, "check the directory")
+    log.error(
+        "cannot spool the request body",
+        spool_dir=where,
+        error=exc.strerror or type(exc).__name__,
+        fix=f"spool_dir {where}: {fix}",
+    )
+    return InsufficientStorage(
+        "The proxy cannot store this request body for a possible replay (its spool "
+        "directory is missing, unwritable or full); bodies up to body_memory_limit still pass."
+    )
+
+
 class RequestBody:
     """The bytes of one request body, readable as many times as the request is sent."""
 
     __slots__ = ("_file", "_memory", "size", "spilled")
+
+    # A body read in full never fails after the fact; TeeBody overrides this per instance.
+    failure: BaseException | None = None
 
     def __init__(self) -> None:
         self._memory = bytearray()
@@ -47,7 +91,8 @@ class RequestBody:
         max_size: int,
         spool_dir: Path | None,
     ) -> RequestBody:
-        """Read ``stream`` to the end; ``BodyTooLarge`` past ``max_size`` bytes."""
+        """Read ``stream`` to the end; ``BodyTooLarge`` past ``max_size`` bytes,
+        ``InsufficientStorage`` when a body that must spill cannot be written."""
         body = cls()
         pending = bytearray()  # spilled bytes not yet written: disk writes go in big batches
         try:
@@ -68,6 +113,9 @@ class RequestBody:
                     pending = bytearray()
             if body._file is not None and pending:
                 await asyncio.to_thread(body._file.write, pending)
+        except OSError as exc:
+            body.close()
+            raise spool_failure(exc, spool_dir) from None
         except BaseException:
             body.close()
             raise
@@ -91,6 +139,143 @@ class RequestBody:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class TeeBody(RequestBody):
+    """A body sent upstream as it arrives, copied to the spool file on the way for a replay.
+
+    ``stream()`` feeds the first send. If that send ends before the body did (a 401 or a
+    stale connection while the client is still uploading), ``finish()`` reads the rest into
+    the copy; ``chunks()`` then replays the whole body. Disk writes run in a thread, one batch
+    while the next fills, so the upload is not slowed by the copy. Memory stays bounded: two
+    batches plus one client chunk.
+
+    If the copy cannot be written, ``stream()`` raises ``InsufficientStorage``: aiohttp then
+    closes the upstream connection short of the declared ``Content-Length``, so upstream never
+    receives a complete request. The same holds for a client that goes away mid-upload.
+    """
+
+    __slots__ = (
+        "_complete",
+        "_idle",
+        "_loop",
+        "_pending",
+        "_spool_dir",
+        "_stream",
+        "_writing",
+        "failure",
+    )
+
+    def __init__(self, stream: StreamReader, spool_dir: Path | None) -> None:
+        super().__init__()
+        self.spilled = True
+        self.failure = None
+        self._stream = stream
+        self._spool_dir = spool_dir
+        self._pending = bytearray()
+        self._writing: asyncio.Future[int] | None = None
+        self._complete = False
+        self._idle = asyncio.Event()  # set while stream() does not hold the client stream
+        self._idle.set()
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, stream: StreamReader, *, spool_dir: Path | None) -> TeeBody:
+        """Open the spool file before anything goes upstream: a missing or unwritable
+        ``spool_dir`` fails here, with nothing sent."""
+        body = cls(stream, spool_dir)
+        try:
+            body._file = await asyncio.to_thread(_open_spool, spool_dir)
+        except OSError as exc:
+            raise spool_failure(exc, spool_dir) from None
+        return body
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The first send's body: each client chunk as it arrives, once it is in the copy."""
+        self._idle.clear()
+        try:
+            while chunk := await self._stream.readany():
+                if self._take(chunk):
+                    await self._flush()
+                self._idle.set()
+                yield chunk
+                self._idle.clear()
+            await self._settle()
+            self._complete = True
+        except Exception as exc:  # the handler re-raises it: 507, 413, or the client's error
+            self.failure = exc
+            raise
+        finally:
+            self._idle.set()
+
+    async def finish(self) -> None:
+        """Complete the copy after the first send stopped early; then ``chunks()`` replays."""
+        await self._idle.wait()  # the cancelled first send has let go of the client stream
+        if self.failure is not None:
+            raise self.failure
+        if self._complete:
+            return
+        while chunk := await self._stream.readany():
+            if self._take(chunk):
+                await self._flush()
+        await self._settle()
+        self._complete = True
+
+    def _take(self, chunk: bytes) -> bool:
+        """Add ``chunk`` to the copy; True when a batch is ready to be written."""
+        self.size += len(chunk)
+        self._pending += chunk
+        return len(self._pending) >= SPILL_BATCH
+
+    async def _flush(self) -> None:
+        """Wait for the previous batch (the disk sets the pace, memory stays bounded), then
+        start writing this one."""
+        await self._wait()
+        self._start_write()
+
+    def _start_write(self) -> None:
+        assert self._file is not None
+        batch, self._pending = self._pending, bytearray()
+        self._writing = self._loop.run_in_executor(None, self._file.write, batch)
+
+    async def _wait(self) -> None:
+        """Wait for the write in flight; shielded, so a cancelled send never loses track of
+        whether a batch reached the file."""
+        writing = self._writing
+        if writing is None:
+            return
+        try:
+            await asyncio.shield(writing)
+        except OSError as exc:
+            self._writing = None
+            raise spool_failure(exc, self._spool_dir) from None
+        self._writing = None
+
+    async def _settle(self) -> None:
+        """Everything taken so far is in the file."""
+        while self._writing is not None or self._pending:
+            await self._wait()
+            if self._pending:
+                self._start_write()
+
+    def close(self) -> None:
+        writing, spool = self._writing, self._file
+        self._file = None
+        if spool is None:
+            return
+        if writing is not None and not writing.done():
+            # A thread still writes to it: close the file when that write is over.
+            writing.add_done_callback(lambda done: _close_after(done, spool))
+            return
+        if writing is not None and not writing.cancelled():
+            writing.exception()  # retrieved: a late write error is no news
+        spool.close()
+
+
+def _close_after(done: asyncio.Future[int], spool: IO[bytes]) -> None:
+    if not done.cancelled():
+        done.exception()
+    spool.close()
 
 
 def _open_spool(spool_dir: Path | None) -> IO[bytes]:

@@ -13,18 +13,20 @@ import structlog
 from aiohttp import web
 
 from proxy.auth import send_with_token
-from proxy.body import RequestBody, too_large
+from proxy.body import RequestBody, TeeBody, too_large
 from proxy.errors import BadRequest
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
 from proxy.middleware import ABORTED
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
-from proxy.upstream import UpstreamTarget, iter_body, map_client_error
+from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
 
 log = structlog.get_logger("proxy.handler")
 
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# RFC 9110 §9.2.2: safe to send twice when a connection broke before the answer.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 NO_BODY_STATUSES = frozenset({204, 304})
 EMPTY_BODY = RequestBody()
 
@@ -62,6 +64,8 @@ class Forwarder:
         self._max_body = settings.max_body_size
         self._spool_dir = settings.spool_dir
         self._count_replay = metrics.replays.inc
+        self._count_stale_retried = metrics.stale_connections.labels("retried").inc
+        self._count_stale_failed = metrics.stale_connections.labels("failed").inc
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall.
         self._loop = asyncio.get_running_loop()
 
@@ -94,12 +98,16 @@ class Forwarder:
 
         body = EMPTY_BODY
         if request.body_exists:
-            body = await RequestBody.read(
-                request.content,
-                memory_limit=self._memory_limit,
-                max_size=self._max_body,
-                spool_dir=self._spool_dir,
-            )
+            if declared is not None and declared > self._memory_limit:
+                # Big, with a known length: streamed upstream as it arrives, copied for a replay.
+                body = await TeeBody.open(request.content, spool_dir=self._spool_dir)
+            else:
+                body = await RequestBody.read(
+                    request.content,
+                    memory_limit=self._memory_limit,
+                    max_size=self._max_body,
+                    spool_dir=self._spool_dir,
+                )
         try:
             upstream = await self._send(request, raw_target, body)
             try:
@@ -116,34 +124,64 @@ class Forwarder:
         in_headers = request.headers
         data = body.in_memory
         spilled = data is None
-        # spilled: streamed from disk, so say its length ourselves (aiohttp does for bytes)
-        length = [("Content-Length", str(body.size))] if spilled else []
-        if not spilled and not data and "Content-Length" not in in_headers:
-            data = None  # no body at all: send none
+        tee = body if isinstance(body, TeeBody) else None
+        # spilled: streamed from disk, so say its length ourselves (aiohttp does for bytes);
+        # a tee body's length is the one the client declared.
+        length = [("Content-Length", str(request.content_length if tee else body.size))]
+        if not spilled:
+            length = []
+            if not data and "Content-Length" not in in_headers:
+                data = None  # no body at all: send none
         method = request.method
         session = self._session
+        idempotent = method in IDEMPOTENT_METHODS
         loop = self._loop
         latency = self._metrics.upstream_latency
 
+        sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
         async def send(token: str) -> aiohttp.ClientResponse:
-            out = outbound_request_headers(in_headers.items(), token) + length
-            started = loop.time()
-            try:
-                response = await session.request(
-                    method,
-                    url,
-                    headers=out,
-                    data=body.chunks() if spilled else data,
-                    allow_redirects=False,
-                )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = map_client_error(exc, "sending the request")
-                log.warning("upstream request failed", error=error.code, cause=type(exc).__name__)
-                raise error from None
-            latency.observe(loop.time() - started)
-            return response
+            nonlocal sends, length
+            while True:
+                sends += 1
+                payload: object = data
+                if spilled:
+                    if tee is None:
+                        payload = body.chunks()
+                    elif sends == 1:
+                        payload = tee.stream()
+                    else:  # the replay: the whole body from the copy
+                        await tee.finish()
+                        length = [("Content-Length", str(tee.size))]
+                        payload = tee.chunks()
+                out = outbound_request_headers(in_headers.items(), token) + length
+                started = loop.time()
+                try:
+                    response = await session.request(
+                        method, url, headers=out, data=payload, allow_redirects=False
+                    )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if body.failure is not None:  # the client's side broke, or the spool
+                        raise body.failure from None
+                    if is_stale_connection(exc):
+                        if idempotent and sends == 1:
+                            self._count_stale_retried()
+                            log.info("upstream connection was stale: resending once")
+                            continue
+                        self._count_stale_failed()
+                    error = map_client_error(exc, "sending the request")
+                    log.warning(
+                        "upstream request failed", error=error.code, cause=type(exc).__name__
+                    )
+                    raise error from None
+                latency.observe(loop.time() - started)
+                return response
 
-        return await send_with_token(self._tokens, send, _status, _release, self._on_replay)
+        def may_replay() -> bool:
+            return sends < 2
+
+        return await send_with_token(
+            self._tokens, send, _status, _release, self._on_replay, may_replay
+        )
 
     def _on_replay(self) -> None:
         self._count_replay()

@@ -46,6 +46,21 @@ class Metrics:
         self._status_counters: dict[int, Counter] = {}
 
     def count_request(self, status: int) -> None:
+        self.stale_connections = Counter(
+            "aspose_proxy_upstream_stale_connection",
+            "Upstream connections that broke before any response header, by outcome: retried "
+            "(idempotent method, resent once on a fresh connection) or failed (answered 502).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "aspose_proxy_errors",
+            "Answers the proxy made itself (not upstream's), by status and error code: refused "
+            "clients (401, 403, 421, 429), unreachable upstream, no token, ...",
+            ["status", "code"],
+            registry=self.registry,
+        )
+        self._error_counters: dict[str, Counter] = {}
         """Count one answered request; the labelled child is looked up once per status."""
         child = self._status_counters.get(status)
         if child is None:

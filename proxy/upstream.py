@@ -21,8 +21,12 @@ SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Conte
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """The pooled keep-alive session every forwarded request shares."""
-    connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
+    # An idle pooled connection is dropped after upstream_keepalive_timeout, well before a load
+    # balancer's idle timeout (AWS ALB: 60 s) closes it under us (a stale connection).
+    connector = aiohttp.TCPConnector(
+        limit=1024, ttl_dns_cache=300, keepalive_timeout=settings.upstream_keepalive_timeout
+    )
+    session = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -35,6 +39,11 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.upstream_timeout
         ),
     )
+    # aiohttp silently resends idempotent requests whose connection broke (RFC 9112 §9.3.1);
+    # the handler does that itself (once, counted, body replayed from its copy) so that a
+    # request reaches upstream at most twice. aiohttp has no public switch for this.
+    session._retry_connection = False
+    return session
 
 
 class UpstreamTarget:
@@ -58,6 +67,17 @@ class UpstreamTarget:
             query_string=query,
             encoded=True,
         )
+
+
+def is_stale_connection(exc: BaseException) -> bool:
+    """The connection broke before any response header: the pooled connection had been closed
+    by upstream (or a load balancer) as the request went out, or upstream dropped it unanswered.
+    Failing to connect at all is not this: nothing was sent."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and not isinstance(
+        exc, aiohttp.ClientConnectorError
+    )
 
 
 def map_client_error(exc: BaseException, phase: str) -> ProxyError:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import LEAK, ProxyFactory
+from tests.integration.conftest import LEAK, LogCapture, ProxyFactory
 from tests.integration.rawhttp import open_to
 
 
@@ -59,23 +59,38 @@ async def wait_until(condition: object, timeout: float = 5) -> bool:
 
 
 async def test_client_disconnect_mid_upload_leaves_no_temp_file(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path, logs: LogCapture
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     proxy = await proxy_factory(body_memory_limit=1024, spool_dir=spool)
+    folder = sandbox.data_dir / "First Storage" / "lifecycle"
     before = (await sandbox.stats())["api_requests"]
     _, writer = await open_to(proxy.url)
     writer.write(
-        b"PUT /v4.0/sandbox/echo/x HTTP/1.1\r\nHost: me\r\nContent-Length: 10000000\r\n\r\n"
+        b"PUT /v4.0/words/storage/file/lifecycle/partial.bin HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Length: 10000000\r\n\r\n"
     )
     writer.write(b"x" * 2_000_000)
     await writer.drain()
     assert await wait_until(lambda: open_spool_files() != [])  # it did spill to disk
+    # The body streams upstream as it arrives (issue 11): the upload has begun there.
+    for _ in range(100):
+        if (await sandbox.stats())["api_requests"] > before:
+            break
+        await asyncio.sleep(0.05)
+    assert (await sandbox.stats())["api_requests"] == before + 1
     writer.transport.abort()
     assert await wait_until(lambda: open_spool_files() == [])
     assert list(spool.iterdir()) == []
-    assert (await sandbox.stats())["api_requests"] == before  # nothing half-sent upstream
+    # The upstream request was aborted short of its Content-Length, never completed: the
+    # sandbox's upload handler failed (status 500 in its log) and stored nothing, not even
+    # its temp file.
+    assert await wait_until(lambda: any(
+        "partial.bin" in line and '"status": 500' in line and "request_id" not in line
+        for line in logs.events("request")
+    ))  # fmt: skip
+    assert list(folder.iterdir()) == []
     async with proxy.client.put(proxy.url + "/v4.0/sandbox/echo/x", data=b"y" * 5000) as response:
         assert response.status == 200
 
