@@ -7,6 +7,7 @@ Logs go to stderr; a command's own output goes to stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,13 +20,20 @@ import structlog
 from pydantic import SecretStr
 
 from proxy import __version__
-from proxy.logging import configure_logging
-from proxy.settings import LOG_LEVELS, LoadedSettings, Settings, SettingsError, load_settings
+from proxy.logging import MIN_SECRET_LENGTH, configure_logging, short_secrets
+from proxy.settings import (
+    LOG_LEVELS,
+    LoadedSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    unknown_env_vars,
+)
 from proxy.tokens import TokenFetchError, request_token
 
 EXIT_USAGE = 2
 # Settings that are never CLI flags: a secret on the command line is visible in `ps`.
-NOT_FLAGS = frozenset({"client_secret", "local_clients"})
+NOT_FLAGS = frozenset({"client_secret", "local_clients", "access_keys"})
 COMMANDS = ("run", "demo", "sandbox", "check", "config")
 
 log = structlog.get_logger("proxy.cli")
@@ -71,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the proxy (the default command)")
     _setting_flags(run)
+    # Set by the supervisor of `run --workers N` on the workers it starts; not for users.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
 
     demo = commands.add_parser(
         "demo",
@@ -149,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"aspose-proxy: {problem}", file=sys.stderr)
@@ -158,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from proxy.serve import run
 
     if args.command == "sandbox":
@@ -170,6 +182,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     loaded = _load(args)
     settings = loaded.settings
     if args.command == "config":
+        for name, close in unknown_env_vars(os.environ):
+            hint = f" (did you mean {close}?)" if close else ""
+            print(f"aspose-proxy: warning: unknown variable {name} ignored{hint}", file=sys.stderr)
         print(render_config(loaded))
         return 0
     _require_credentials(settings)
@@ -179,9 +194,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings.secret_values,
         flush_interval=settings.log_flush_interval,
     )
+    if getattr(args, "worker", None) is None:  # the supervisor has said it already
+        _warn_unknown_env_vars()
+        for name in short_secrets(settings.named_secrets):
+            log.warning(
+                f"{name} is shorter than {MIN_SECRET_LENGTH} characters: the log redactor does "
+                "not mask it wherever it occurs (that would mask ordinary words); use a longer one"
+            )
     if args.command == "check":
         return run(lambda: _check(settings))
-    return run(lambda: _run(settings))
+    return run(lambda: _run(settings, args, argv))
+
+
+def _warn_unknown_env_vars() -> None:
+    """A typo in a variable name would otherwise be silently ignored."""
+    for name, close in unknown_env_vars(os.environ):
+        log.warning("unknown environment variable ignored", name=name, did_you_mean=close)
 
 
 def render_config(loaded: LoadedSettings) -> str:
@@ -211,6 +239,8 @@ def _toml_value(value: Any) -> str:
         if not value:
             return "{}"
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -230,15 +260,39 @@ async def _check(settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from proxy import supervisor
     from proxy.app import create_app
     from proxy.serve import announce, start_server, wait_for_stop_signal
 
+    worker: int | None = args.worker
+    local_token_key = None
+    if worker is None:
+        count, fallback = supervisor.worker_count(
+            settings.workers, supervisor.usable_cpus(), supervisor.reuse_port_supported()
+        )
+        if fallback:
+            log.warning(fallback)
+        if count > 1:
+            return await supervisor.Supervisor(settings, argv, count).run()
+    else:
+        supervisor.follow_parent(args.supervisor)
+        local_token_key = supervisor.read_local_token_key(args.run_dir)
     server = await start_server(
-        create_app(settings), settings.host, settings.port, shutdown_grace=settings.shutdown_grace
+        create_app(settings, local_token_key=local_token_key),
+        settings.host,
+        settings.port,
+        shutdown_grace=settings.shutdown_grace,
+        reuse_port=worker is not None,
     )
     announce(f"aspose-proxy listening on {server.url} -> {settings.upstream_url}")
-    log.info("proxy started", url=server.url, upstream=settings.upstream_url)
+    log.info(
+        "proxy started",
+        url=server.url,
+        upstream=settings.upstream_url,
+        worker=worker,
+        pid=os.getpid(),
+    )
     await wait_for_stop_signal()
     log.info("stopping: finishing in-flight requests", grace_seconds=settings.shutdown_grace)
     await server.stop()

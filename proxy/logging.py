@@ -23,6 +23,9 @@ from proxy.log_output import LineSink, SinkHandler, SinkLoggerFactory
 LogFormat = Literal["json", "console"]
 DEFAULT_FLUSH_INTERVAL = 1.0
 REDACTED = "[REDACTED]"
+# Configured secrets shorter than this are not masked wherever they occur: a 3-character
+# secret would mask ordinary words and numbers in every line. Start-up warns about them.
+MIN_SECRET_LENGTH = 8
 
 # Anything that looks like a bearer credential, a JWT (or the start of one: base64url of '{"'),
 # or a credential in a form body or query string. One pass of one regex per string.
@@ -50,6 +53,11 @@ SENSITIVE_KEYS = frozenset(
 _OWN_KEYS = frozenset({"timestamp", "level", "logger"})
 
 
+def short_secrets(named: Iterable[tuple[str, str]]) -> list[str]:
+    """The names of the configured secrets too short for the redactor to mask."""
+    return [name for name, value in named if 0 < len(value) < MIN_SECRET_LENGTH]
+
+
 def _mask(match: re.Match[str]) -> str:
     return (match.group("bearer") or match.group("field") or "") + REDACTED
 
@@ -58,7 +66,7 @@ class Redactor:
     """Masks tokens and the configured secrets in every string of an event, however nested."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        literal = sorted({s for s in secrets if s}, key=len, reverse=True)
+        literal = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
         patterns = [re.escape(s) for s in literal] + list(_TOKEN_PATTERNS)
         self._pattern = re.compile("|".join(patterns))
         self._secrets = tuple(literal)
