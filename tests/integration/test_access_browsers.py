@@ -1,0 +1,110 @@
+"""Browsers on the same machine: a web page's requests (Origin) and DNS rebinding (Host)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import RunningSandbox
+from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.rawhttp import RawResponse, exchange
+
+API = "/v4.0/words/storage/disc"
+
+
+async def send(
+    proxy: RunningProxy, headers: str, method: str = "GET", path: str = API
+) -> RawResponse:
+    request = f"{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    return await exchange(proxy.url, request.encode())
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_web_page_origin_is_refused_and_nothing_forwarded(
+    proxy: RunningProxy, sandbox: RunningSandbox, origin: str, method: str
+) -> None:
+    before = (await sandbox.stats())["api_requests"]
+    response = await send(proxy, f"Host: localhost:8080\r\nOrigin: {origin}\r\n", method)
+    assert response.status == 403
+    assert response.header("X-Proxy-Error") == "origin_not_allowed"
+    assert json.loads(response.body)["Error"]["Code"] == "origin_not_allowed"
+    assert (await sandbox.stats())["api_requests"] == before
+
+
+async def test_web_page_origin_cannot_get_a_local_token(proxy: RunningProxy) -> None:
+    body = "grant_type=client_credentials&client_id=a&client_secret=b"
+    request = (
+        "POST /connect/token HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    )
+    response = await exchange(proxy.url, request.encode())
+    assert response.status == 403
+    assert b"access_token" not in response.body
+
+
+async def test_requests_without_origin_are_unaffected(
+    proxy: RunningProxy, sandbox: RunningSandbox
+) -> None:
+    response = await send(proxy, "Host: localhost:8080\r\n")
+    assert response.status == 200
+    assert (await sandbox.stats())["api_requests"] == 1
+
+
+async def test_allow_origins_admits_the_listed_origin_only(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    proxy = await proxy_factory(allow_origins=["https://app.example.com"])
+    ok = await send(proxy, "Host: localhost\r\nOrigin: https://app.example.com\r\n")
+    assert ok.status == 200
+    refused = await send(proxy, "Host: localhost\r\nOrigin: https://evil.example\r\n")
+    assert refused.status == 403
+    assert (await sandbox.stats())["api_requests"] == 1
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io:8080", "192.168.1.5:8080"]
+)
+async def test_dns_rebound_host_is_refused_on_a_loopback_listener(
+    proxy: RunningProxy, sandbox: RunningSandbox, host: str
+) -> None:
+    before = (await sandbox.stats())["api_requests"]
+    response = await send(proxy, f"Host: {host}\r\n")  # a rebound page sends no Origin on GET
+    assert response.status == 421
+    assert response.header("X-Proxy-Error") == "host_not_allowed"
+    assert (await sandbox.stats())["api_requests"] == before
+
+
+async def test_dns_rebound_host_cannot_get_a_local_token(proxy: RunningProxy) -> None:
+    body = "grant_type=client_credentials&client_id=a&client_secret=b"
+    request = (
+        "POST /connect/token HTTP/1.1\r\nHost: evil.example:8080\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    )
+    response = await exchange(proxy.url, request.encode())
+    assert response.status == 421
+    assert b"access_token" not in response.body
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8080", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080"]
+)
+async def test_loopback_host_names_any_port_are_answered(proxy: RunningProxy, host: str) -> None:
+    assert (await send(proxy, f"Host: {host}\r\n")).status == 200
+
+
+async def test_allow_hosts_adds_a_name(proxy_factory: ProxyFactory) -> None:
+    proxy = await proxy_factory(allow_hosts=["proxy.internal"])
+    assert (await send(proxy, "Host: proxy.internal:8080\r\n")).status == 200
+    assert (await send(proxy, "Host: evil.example\r\n")).status == 421
+
+
+async def test_any_host_is_answered_when_listening_on_other_addresses(
+    proxy_factory: ProxyFactory,
+) -> None:
+    # The settings say 0.0.0.0 (a container); the test binds 127.0.0.1 as always.
+    proxy = await proxy_factory(host="0.0.0.0", allow_from=["127.0.0.0/8"])
+    assert (await send(proxy, "Host: aspose-proxy:8080\r\n")).status == 200
