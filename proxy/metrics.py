@@ -38,6 +38,13 @@ class Metrics:
             "Requests replayed with a renewed token after upstream answered 401.",
             registry=self.registry,
         )
+        self.stale_connections = Counter(
+            "aspose_proxy_upstream_stale_connection",
+            "Upstream connections that broke before any response header, by outcome: retried "
+            "(idempotent method, resent once on a fresh connection) or failed (answered 502).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.token_seconds_to_expiry = Gauge(
             "aspose_proxy_token_seconds_to_expiry",
             "Seconds until the current access token expires (0 when none is held).",
@@ -46,13 +53,6 @@ class Metrics:
         self._status_counters: dict[int, Counter] = {}
 
     def count_request(self, status: int) -> None:
-        self.stale_connections = Counter(
-            "aspose_proxy_upstream_stale_connection",
-            "Upstream connections that broke before any response header, by outcome: retried "
-            "(idempotent method, resent once on a fresh connection) or failed (answered 502).",
-            ["outcome"],
-            registry=self.registry,
-        )
         self.errors = Counter(
             "aspose_proxy_errors",
             "Answers the proxy made itself (not upstream's), by status and error code: refused "
