@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from proxy import health, local_tokens
+from proxy import health, local_tokens, status
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
 from proxy.errors import ProxyError
 from proxy.handler import Forwarder
@@ -24,9 +25,12 @@ from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
 from proxy.tokens import TokenCache, request_token
 from proxy.upstream import create_session
+from proxy.usage.gate import USAGE, Usage
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+# The forwarding route's handler: the forwarder inside the usage gate (proxy/usage/gate.py).
+FORWARD: web.AppKey[Handler] = web.AppKey("forward")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 
 log = structlog.get_logger("proxy.app")
@@ -44,6 +48,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[TOKENS] = tokens
     app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS])
+    app[FORWARD] = app[USAGE].wrap(app[FORWARDER].handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
         yield
@@ -57,7 +62,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER].handle(request)
+    return await request.app[FORWARD](request)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -107,9 +112,15 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):
         log.warning(warning)
+    usage = Usage(settings)
+    app[USAGE] = usage
+    metrics.watch_calls(lambda: usage.counter.totals)
+    app[RELOAD_HOOKS].append(usage.reload)
+    app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     health.add_routes(app)
+    status.add_routes(app, settings.upstream_url)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)

@@ -17,7 +17,7 @@ from proxy.body import RequestBody, TeeBody, too_large
 from proxy.errors import BadRequest
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.middleware import ABORTED
+from proxy.middleware import ABORTED, UPSTREAM_STATUS
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
@@ -110,6 +110,7 @@ class Forwarder:
                 )
         try:
             upstream = await self._send(request, raw_target, body)
+            request[UPSTREAM_STATUS] = upstream.status
             try:
                 return await self._stream_back(request, upstream)
             finally:
@@ -133,12 +134,12 @@ class Forwarder:
             if not data and "Content-Length" not in in_headers:
                 data = None  # no body at all: send none
         method = request.method
-        idempotent = method in IDEMPOTENT_METHODS
         session = self._session
+        idempotent = method in IDEMPOTENT_METHODS
         loop = self._loop
         latency = self._metrics.upstream_latency
-        sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
 
+        sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
         async def send(token: str) -> aiohttp.ClientResponse:
             nonlocal sends, length
             while True:

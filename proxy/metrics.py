@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -38,13 +40,6 @@ class Metrics:
             "Requests replayed with a renewed token after upstream answered 401.",
             registry=self.registry,
         )
-        self.stale_connections = Counter(
-            "aspose_proxy_upstream_stale_connection",
-            "Upstream connections that broke before any response header, by outcome: retried "
-            "(idempotent method, resent once on a fresh connection) or failed (answered 502).",
-            ["outcome"],
-            registry=self.registry,
-        )
         self.token_seconds_to_expiry = Gauge(
             "aspose_proxy_token_seconds_to_expiry",
             "Seconds until the current access token expires (0 when none is held).",
@@ -53,6 +48,13 @@ class Metrics:
         self._status_counters: dict[int, Counter] = {}
 
     def count_request(self, status: int) -> None:
+        self.stale_connections = Counter(
+            "aspose_proxy_upstream_stale_connection",
+            "Upstream connections that broke before any response header, by outcome: retried "
+            "(idempotent method, resent once on a fresh connection) or failed (answered 502).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "aspose_proxy_errors",
             "Answers the proxy made itself (not upstream's), by status and error code: refused "
@@ -67,9 +69,52 @@ class Metrics:
             child = self._status_counters[status] = self.requests.labels(str(status))
         child.inc()
 
+    def watch_calls(self, totals: Callable[[], Mapping[tuple[str, str, str, str], int]]) -> None:
+        """``aspose_proxy_calls_total``, read at scrape time from the usage counter's totals.
+
+        The hot path increments one dict entry; the labelled series are built only here.
+        """
+        self.registry.register(_CallsCollector(totals))
+
+    def answered_totals(self) -> tuple[float, float]:
+        """All requests answered so far, and those answered with a status of 400 or more."""
+        total = errors = 0.0
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    total += sample.value
+                    if sample.labels.get("status", "0") >= "400":
+                        errors += sample.value
+        return total, errors
+
     def watch_token_expiry(self, seconds_left: Callable[[], float]) -> None:
         """Compute the expiry gauge at scrape time, not per request."""
         self.token_seconds_to_expiry.set_function(seconds_left)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CallsCollector(Collector):
+    """Calls upstream answered, by client, product, kind and status class (bounded values)."""
+
+    def __init__(self, totals: Callable[[], Mapping[tuple[str, str, str, str], int]]) -> None:
+        self._totals = totals
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        for labels, value in sorted(self._totals().items()):
+            family.add_metric(labels, value)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "aspose_proxy_calls",
+            "Calls the upstream answered (one per forwarded request, replays included), "
+            "by client, product, kind (api or storage) and status class.",
+            labels=("client", "product", "kind", "status_class"),
+        )

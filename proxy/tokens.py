@@ -193,6 +193,16 @@ class TokenCache:
         token = self._current
         return max(0.0, token.expires_at - self._clock()) if token else 0.0
 
+    def seconds_since_fetch(self) -> float | None:
+        """How long ago the held token was fetched (None without one): for the status page."""
+        token = self._current
+        return self._clock() - token.obtained_at if token else None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last fetch failed, until one succeeds (never holds a secret)."""
+        return self._last_error.reason if self._last_error else None
+
     @property
     def not_ready_reason(self) -> str | None:
         """Why no valid token is held, or None when one is (for /readyz)."""

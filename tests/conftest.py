@@ -13,6 +13,17 @@ from aiohttp import web
 
 from proxy.sandbox import STATE, SandboxConfig, create_sandbox_app
 
+pytest_plugins = ("tests.redis_server",)  # the redis_server / redis_url fixtures
+
+
+@pytest.fixture(autouse=True)
+def _usage_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's proxies keep their default usage store (under $XDG_STATE_HOME) in a temp
+    dir of their own, never in ~/.local/state."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
 
 @dataclass
 class RunningSandbox:

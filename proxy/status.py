@@ -1,0 +1,226 @@
+"""The proxy's own pages: ``GET /_proxy/`` (status at a glance) and ``GET /_proxy/usage`` (JSON).
+
+Server-rendered HTML from one template: no script, no request to another host (the CSP header
+says so), a ``<meta refresh>`` for auto-refresh, readable without JavaScript. Both pages follow
+the access rules of forwarded requests (the guards treat them as such) and show no secret,
+key or token: only names, counts and the token's timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from html import escape
+from importlib.resources import files
+from string import Template
+from typing import Any
+
+from aiohttp import web
+
+from proxy.errors import BadRequest, UsageStoreUnavailable
+from proxy.health import METRICS, TOKENS
+from proxy.metrics import Metrics
+from proxy.tokens import TokenCache
+from proxy.usage.gate import USAGE
+from proxy.usage.report import PERIODS, usage_report
+
+SAMPLE_EVERY = 5.0  # seconds between traffic samples
+WINDOWS = (60, 300)  # the page shows rates over the last minute and the last five
+REFRESH = 10  # seconds between automatic reloads of the page
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
+TEMPLATE = Template(files("proxy").joinpath("templates/status.html").read_text("utf-8"))
+
+
+class Traffic:
+    """Answered requests and errors sampled every few seconds, for rates over recent minutes."""
+
+    def __init__(self, metrics: Metrics, clock: Any = time.monotonic) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._samples: deque[tuple[float, float, float]] = deque(
+            maxlen=int(max(WINDOWS) / SAMPLE_EVERY) + 1
+        )
+        self.sample()
+
+    def sample(self) -> None:
+        self._samples.append((self._clock(), *self._metrics.answered_totals()))
+
+    def rates(self, window: float) -> tuple[float, float]:
+        """Requests per second and the share of them answered 4xx/5xx over ``window`` s."""
+        now, total, errors = self._clock(), *self._metrics.answered_totals()
+        oldest = next((s for s in self._samples if now - s[0] <= window), None)
+        if oldest is None or now - oldest[0] < 1:
+            return 0.0, 0.0
+        requests = total - oldest[1]
+        return requests / (now - oldest[0]), ((errors - oldest[2]) / requests) if requests else 0.0
+
+    async def run(self, app: web.Application) -> AsyncIterator[None]:
+        """``cleanup_ctx``: sample in the background as long as the app lives."""
+
+        async def sampler() -> None:
+            while True:
+                await asyncio.sleep(SAMPLE_EVERY)
+                self.sample()
+
+        task = asyncio.create_task(sampler(), name="status-traffic")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+TRAFFIC = web.AppKey("traffic", Traffic)
+
+
+async def _report(request: web.Request, period: str) -> dict[str, Any]:
+    usage = request.app[USAGE]
+    try:
+        return await usage_report(period, usage.counter.rows, usage.limits.budgets)
+    except Exception as exc:
+        raise UsageStoreUnavailable(
+            f"The usage store cannot be read ({type(exc).__name__}).", retry_after=5
+        ) from None
+
+
+async def usage_json(request: web.Request) -> web.Response:
+    """``GET /_proxy/usage?period=day|month``: this process's unwritten calls included."""
+    period = request.query.get("period", "day")
+    if period not in PERIODS:
+        raise BadRequest("period must be day or month.")
+    report = await _report(request, period)
+    return web.json_response(report, headers={"Cache-Control": "no-store"})
+
+
+async def status_page(upstream: str, request: web.Request) -> web.Response:
+    """``GET /_proxy/``: token, traffic, budgets and calls on one page."""
+    app = request.app
+    day = await _report(request, "day")
+    month = await _report(request, "month")
+    html = TEMPLATE.substitute(
+        refresh=REFRESH,
+        upstream=escape(upstream),
+        store=escape(app[USAGE].store.description),
+        now=escape(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
+        token=_token_html(app.get(TOKENS)),
+        traffic=_traffic_html(app[TRAFFIC]),
+        budgets=_budgets_html(day["budgets"]),
+        today=_calls_html(day["rows"]),
+        month=_calls_html(month["rows"]),
+    )
+    return web.Response(text=html, content_type="text/html", headers=HEADERS)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _token_html(tokens: TokenCache | None) -> str:
+    if tokens is None:
+        return '<p class="bad">starting</p>'
+    held = tokens.valid_token() is not None
+    since = tokens.seconds_since_fetch()
+    rows = [
+        ("held", '<span class="ok">yes</span>' if held else '<span class="bad">no</span>'),
+        ("expires in", _duration(tokens.seconds_to_expiry()) if held else "—"),
+        ("last refresh", f"{_duration(since)} ago" if since is not None else "never"),
+        ("last error", escape(tokens.last_error or "none")),
+    ]
+    return _table(("", ""), rows, show_header=False)
+
+
+def _traffic_html(traffic: Traffic) -> str:
+    tiles = []
+    for window in WINDOWS:
+        rate, ratio = traffic.rates(window)
+        tiles.append(
+            f'<div><div class="big">{rate:.1f}</div><div class="muted">requests/s, last '
+            f'{window // 60} min</div><div class="{"bad" if ratio > 0.05 else "ok"}">'
+            f"{ratio:.1%} errors</div></div>"
+        )
+    return f'<div class="tiles">{"".join(tiles)}</div>'
+
+
+def _budgets_html(budgets: list[dict[str, Any]]) -> str:
+    if not budgets:
+        return '<p class="muted">No budgets configured.</p>'
+    rows = []
+    for budget in budgets:
+        share = budget["used"] / budget["calls"] if budget["calls"] else 1.0
+        level = "full" if share >= 1 else "warn" if share >= 0.8 else ""
+        bar = (
+            f'<div class="bar" title="{share:.0%}"><div class="{level}" '
+            f'style="width:{min(share, 1.0) * 100:.1f}%"></div></div>'
+        )
+        rows.append(
+            (
+                escape(budget["client"]),
+                escape(budget["product"]),
+                escape(budget["period"]),
+                bar,
+                f"{budget['used']} / {budget['calls']}",
+            )
+        )
+    return _table(("client", "product", "period", "", "used"), rows, numeric=4)
+
+
+def _calls_html(rows: list[dict[str, Any]]) -> str:
+    by_pair: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        entry = by_pair.setdefault((row["client"], row["product"]), [0, 0])
+        entry[0] += row["calls"]
+        entry[1] += row["errors"]
+    if not by_pair:
+        return '<p class="muted">No calls yet.</p>'
+    lines = [
+        (escape(client), escape(product), str(calls), str(errors))
+        for (client, product), (calls, errors) in sorted(by_pair.items())
+    ]
+    total = (sum(c for c, _ in by_pair.values()), sum(e for _, e in by_pair.values()))
+    lines.append(("<b>total</b>", "", f"<b>{total[0]}</b>", f"<b>{total[1]}</b>"))
+    return _table(("client", "product", "calls", "errors"), lines, numeric=2)
+
+
+def _table(
+    header: tuple[str, ...],
+    rows: Iterable[tuple[str, ...]],
+    *,
+    numeric: int = 99,
+    show_header: bool = True,
+) -> str:
+    """Cells are HTML already (escaped by the caller); columns from ``numeric`` on align right."""
+
+    def cells(tag: str, values: tuple[str, ...]) -> str:
+        return "".join(
+            f'<{tag} class="n">{v}</{tag}>' if i >= numeric else f"<{tag}>{v}</{tag}>"
+            for i, v in enumerate(values)
+        )
+
+    head = f"<tr>{cells('th', header)}</tr>" if show_header else ""
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def add_routes(app: web.Application, upstream: str) -> None:
+    """The routes, and the traffic sampler that lives with the app."""
+    traffic = Traffic(app[METRICS])
+    app[TRAFFIC] = traffic
+    app.cleanup_ctx.append(traffic.run)
+    app.router.add_get("/_proxy/", functools.partial(status_page, upstream))
+    app.router.add_get("/_proxy/usage", usage_json)

@@ -1,0 +1,234 @@
+"""Budgets (calls per UTC day or month) and per-client token buckets (calls per second).
+
+The rules are immutable and built once (a SIGHUP builds new ones); what they count lives in a
+ledger: Redis when the store is shared (one atomic script per reservation), else this
+process's memory, seeded from the store at start so a restart does not refill a budget.
+A reservation is taken before the request is forwarded and given back when no answer came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from proxy.errors import BudgetExhausted, RateLimited, UsageStoreUnavailable
+from proxy.usage.rules import ANY, Budget, RateLimit
+from proxy.usage.store import Ledger, Row
+
+log = structlog.get_logger("proxy.usage")
+
+WARN_AT = 0.8  # a warning is logged once when a budget passes 80 %
+KEY_SLACK = 86400  # ledger keys outlive their period by a day (clocks differ a little)
+
+
+def period_bounds(period: str, now: float) -> tuple[datetime, datetime]:
+    """Start and end (UTC) of the ``day`` or ``month`` that holds ``now``."""
+    moment = datetime.fromtimestamp(now, UTC)
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return start, start + timedelta(days=1)
+    start = start.replace(day=1)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def applies(budget: Budget | RateLimit, client: str, product: str | None = None) -> bool:
+    """Whether a call by ``client`` to ``product`` counts against ``budget``."""
+    if budget.client != ANY and budget.client != client:
+        return False
+    return product is None or not isinstance(budget, Budget) or budget.product in (ANY, product)
+
+
+def used_by(budget: Budget, rows: Iterable[Row]) -> int:
+    """Calls in ``rows`` (one period's) that count against ``budget``."""
+    return sum(row.calls for row in rows if applies(budget, row.client, row.product))
+
+
+class MemoryLedger:
+    """Budget counters of this process (stores without a shared ledger)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, int] = {}
+
+    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        values = self._values
+        for index, (key, limit) in enumerate(zip(keys, limits, strict=True)):
+            if values.get(key, 0) + 1 > limit:
+                return [-1 - index]
+        reserved = []
+        for key in keys:
+            values[key] = value = values.get(key, 0) + 1
+            reserved.append(value)
+        return reserved
+
+    async def release(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._values[key] = max(0, self._values.get(key, 0) - 1)
+
+    async def seed(self, key: str, value: int, ttl: int) -> None:
+        self._values.setdefault(key, value)
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; a call takes one (per process)."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rule: RateLimit, now: float) -> None:
+        self.rate = rule.per_second
+        self.burst = float(rule.burst)
+        self.tokens = self.burst
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else the seconds until one is there."""
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1:
+            self.tokens = tokens - 1
+            return 0.0
+        self.tokens = tokens
+        return (1 - tokens) / self.rate
+
+
+class Limits:
+    """The budget and rate-limit rules in force, and the checks made before forwarding."""
+
+    def __init__(
+        self,
+        budgets: Sequence[Budget],
+        rate_limits: Sequence[RateLimit],
+        ledger: Ledger | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budgets = tuple(dict.fromkeys(budgets))  # an exact duplicate is one pool
+        self.rate_limits = tuple(rate_limits)
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.active = bool(self.budgets or self.rate_limits)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._pools: dict[tuple[str, str], tuple[Budget, ...]] = {}
+        now = monotonic()
+        self._rule_buckets = {rule: TokenBucket(rule, now) for rule in dict.fromkeys(rate_limits)}
+        self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
+        self._periods: dict[str, tuple[float, str]] = {}  # period -> (ends at, stamp)
+        self._warned: set[str] = set()
+        self._giving_back: set[asyncio.Future[None]] = set()
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    def check_rate(self, client: str) -> None:
+        """Take a token from each bucket that applies to ``client``, or raise ``RateLimited``."""
+        buckets = self._buckets.get(client)
+        if buckets is None:
+            buckets = self._buckets[client] = tuple(
+                bucket for rule, bucket in self._rule_buckets.items() if applies(rule, client)
+            )
+        if not buckets:
+            return
+        now = self._monotonic()
+        for index, bucket in enumerate(buckets):
+            wait = bucket.take(now)
+            if wait:
+                for taken in buckets[:index]:
+                    taken.tokens += 1  # refused: give back what this request took
+                raise RateLimited(
+                    f"Client '{client}' is over its rate limit "
+                    f"({bucket.rate:g} calls per second, bursts of {bucket.burst:g}).",
+                    retry_after=wait,
+                )
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    def pools_for(self, client: str, product: str) -> tuple[Budget, ...]:
+        pools = self._pools.get((client, product))
+        if pools is None:
+            pools = self._pools[(client, product)] = tuple(
+                b for b in self.budgets if applies(b, client, product)
+            )
+        return pools
+
+    def _period(self, period: str, now: float) -> tuple[float, str]:
+        cached = self._periods.get(period)
+        if cached is None or now >= cached[0]:
+            start, end = period_bounds(period, now)
+            stamp = start.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+            cached = self._periods[period] = (end.timestamp(), stamp)
+        return cached
+
+    def key(self, budget: Budget, now: float) -> tuple[str, int]:
+        """The ledger key of ``budget``'s current period, and its time to live in seconds."""
+        ends_at, stamp = self._period(budget.period, now)
+        # The product has no ':', so the rest of the key is the client name, whatever it holds.
+        key = f"budget:{budget.period}:{stamp}:{budget.product}:{budget.client}"
+        return key, int(ends_at - now) + KEY_SLACK
+
+    async def reserve(self, client: str, product: str) -> tuple[str, ...]:
+        """Reserve one call in every budget that applies, or raise ``BudgetExhausted``.
+
+        Returns the reserved keys (empty when no budget applies): give them back with
+        ``release`` if the request gets no answer.
+        """
+        pools = self.pools_for(client, product)
+        if not pools:
+            return ()
+        now = self._clock()
+        keyed = [self.key(budget, now) for budget in pools]
+        keys = [key for key, _ in keyed]
+        try:
+            values = await self.ledger.reserve(
+                keys, [b.calls for b in pools], max(ttl for _, ttl in keyed)
+            )
+        except Exception as exc:
+            log.warning("budget check failed: usage store unreachable", cause=type(exc).__name__)
+            raise UsageStoreUnavailable(
+                "The usage store that counts this budget cannot be reached.", retry_after=1
+            ) from None
+        if len(values) == 1 and values[0] < 0:
+            budget = pools[-1 - values[0]]
+            ends_at, _ = self._period(budget.period, now)
+            raise BudgetExhausted(
+                f"The {budget.period}ly budget of {budget.calls} calls for client "
+                f"'{budget.client}' and product '{budget.product}' is spent.",
+                retry_after=ends_at - now,
+            )
+        for budget, key, used in zip(pools, keys, values, strict=True):
+            if used >= WARN_AT * budget.calls and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "budget passed 80%",
+                    client=budget.client,
+                    product=budget.product,
+                    period=budget.period,
+                    calls=budget.calls,
+                    used=used,
+                )
+        return tuple(keys)
+
+    def release(self, keys: tuple[str, ...]) -> None:
+        """Give a reservation back (the request got no answer); never blocks the caller."""
+        task = asyncio.ensure_future(self._release(keys))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _release(self, keys: tuple[str, ...]) -> None:
+        try:
+            await self.ledger.release(keys)
+        except Exception as exc:
+            log.warning("budget give-back failed", cause=type(exc).__name__)
+
+    async def seed(self, rows_since: Callable[[int], Awaitable[list[Row]]]) -> None:
+        """Start each budget's counter at the calls the store already holds for its period."""
+        now = self._clock()
+        rows: dict[str, list[Row]] = {}
+        for budget in self.budgets:
+            if budget.period not in rows:
+                start, _ = period_bounds(budget.period, now)
+                rows[budget.period] = await rows_since(int(start.timestamp()) // 3600)
+            key, ttl = self.key(budget, now)
+            await self.ledger.seed(key, used_by(budget, rows[budget.period]), ttl)

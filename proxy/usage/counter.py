@@ -1,0 +1,135 @@
+"""Counting calls without slowing them: one dict increment per call, a batched write per second.
+
+The hot path adds one to ``totals[(client, product, kind, status_class)]`` (cumulative since
+start; ``/metrics`` reads it at scrape time). A background task writes what grew since the last
+write to the store, once per ``usage_flush_interval``, and once more at shutdown. A crash loses
+at most the calls of that last interval. A failed write is retried with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from proxy.usage.rules import OTHER, PRODUCTS
+from proxy.usage.store import Row, UsageStore, merge
+
+log = structlog.get_logger("proxy.usage")
+
+Key = tuple[str, str, str, str]  # client, product, kind, status class
+STATUS_CLASSES = tuple(f"{i}xx" for i in range(10))  # status // 100 -> label value
+ERROR_CLASSES = frozenset(STATUS_CLASSES[4:])
+STORAGE = "storage"
+API = "api"
+
+
+def current_hour(now: float | None = None) -> int:
+    """Hours since the epoch (UTC): the store's time bucket."""
+    return int((time.time() if now is None else now) // 3600)
+
+
+def classify(raw_path: str) -> tuple[str, str]:
+    """``(product, kind)`` of a request target: ``/v4.0/words/storage/x`` -> words, storage.
+
+    The product is the segment after the version, from a fixed list (else ``other``), so label
+    values stay bounded whatever clients send.
+    """
+    parts = raw_path.split("/", 3)
+    product = OTHER
+    if len(parts) > 2 and parts[1][:1] in ("v", "V"):
+        name = parts[2]
+        if name in PRODUCTS:
+            product = name
+        elif name.lower() in PRODUCTS:
+            product = name.lower()
+    kind = API
+    if "/storage/" in raw_path and "/storage/" in raw_path.partition("?")[0]:
+        kind = STORAGE
+    return product, kind
+
+
+class UsageCounter:
+    """The in-memory totals of this process and their batched way into the store."""
+
+    def __init__(
+        self, store: UsageStore, *, flush_interval: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.totals: dict[Key, int] = {}
+        self.store = store
+        self._written: dict[Key, int] = {}
+        self._interval = flush_interval
+        self._clock = clock
+        self._lock = asyncio.Lock()  # a read never sees a batch both in the store and pending
+        self._failing = False
+
+    def record(self, client: str, product: str, kind: str, status: int) -> None:
+        """Count one answered call (the gate inlines this on the hot path)."""
+        key = (client, product, kind, STATUS_CLASSES[status // 100 % 10])
+        self.totals[key] = self.totals.get(key, 0) + 1
+
+    def _pending(self, snapshot: dict[Key, int]) -> dict[tuple[str, str, str], tuple[int, int]]:
+        written = self._written
+        pending: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for key, total in snapshot.items():
+            grown = total - written.get(key, 0)
+            if grown:
+                short = key[:3]
+                calls, errors = pending.get(short, (0, 0))
+                pending[short] = (
+                    calls + grown,
+                    errors + (grown if key[3] in ERROR_CLASSES else 0),
+                )
+        return pending
+
+    async def flush(self) -> None:
+        """Write what was counted since the last write, as one batch of the current hour."""
+        async with self._lock:
+            snapshot = dict(self.totals)
+            pending = self._pending(snapshot)
+            if not pending:
+                return
+            hour = current_hour(self._clock())
+            await self.store.add({(hour, *key): value for key, value in pending.items()})
+            self._written = snapshot
+
+    async def rows(self, since_hour: int) -> list[Row]:
+        """The store's rows since ``since_hour`` plus this process's calls not yet written."""
+        async with self._lock:
+            stored = await self.store.rows(since_hour)
+            return merge(stored, self._pending(dict(self.totals)))
+
+    async def run(self) -> None:
+        """Flush every interval, forever; a failed write is logged once and retried."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception as exc:
+                if not self._failing:
+                    log.warning(
+                        "usage store write failed; counts kept in memory and retried",
+                        store=self.store.description,
+                        cause=type(exc).__name__,
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("usage store writes recovered", store=self.store.description)
+                self._failing = False
+
+    async def close(self) -> None:
+        """The last flush at shutdown (best effort: a broken store is logged, not raised)."""
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.error(
+                "usage store: the last batch could not be written",
+                store=self.store.description,
+                cause=type(exc).__name__,
+            )
+        with contextlib.suppress(Exception):
+            await self.store.close()

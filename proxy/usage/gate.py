@@ -1,0 +1,102 @@
+"""The accounting step around the forwarder: rate limit and budget before, count after.
+
+It wraps only the forwarding route, so the proxy's own answers (probes, the status page, the
+local token endpoint, every refusal) are never calls. It runs after the access guards (the
+client is known) and before the forwarder reads the body (a refused upload costs nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy.middleware import CLIENT_ID, UPSTREAM_STATUS
+from proxy.settings import Settings
+from proxy.usage.budgets import Limits
+from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
+from proxy.usage.rules import ANONYMOUS
+from proxy.usage.store import open_store
+
+log = structlog.get_logger("proxy.usage")
+
+
+class Usage:
+    """What the app keeps for accounting: the store, the counter and the rules in force."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = open_store(settings.usage_store, settings.usage_store_password)
+        self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
+        self.limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
+        self._runner: asyncio.Task[None] | None = None
+
+    def wrap(self, forward: Handler) -> Handler:
+        """``forward`` with the rate limit and budget checks before it and the count after."""
+        totals = self.counter.totals
+        classes = STATUS_CLASSES
+        usage = self
+
+        async def accounted(request: web.Request) -> web.StreamResponse:
+            client = request.get(CLIENT_ID) or ANONYMOUS
+            product, kind = classify(request.raw_path)
+            limits = usage.limits  # read once: a reload swaps the whole object
+            reserved: tuple[str, ...] = ()
+            if limits.active:
+                limits.check_rate(client)
+                reserved = await limits.reserve(client, product)
+            try:
+                response = await forward(request)
+            except BaseException:
+                status = request.get(UPSTREAM_STATUS)
+                if status is not None:  # upstream answered, then the client left: a call
+                    key = (client, product, kind, classes[status // 100 % 10])
+                    totals[key] = totals.get(key, 0) + 1
+                elif reserved:
+                    limits.release(reserved)
+                raise
+            key = (client, product, kind, classes[response.status // 100 % 10])
+            totals[key] = totals.get(key, 0) + 1
+            return response
+
+        return accounted
+
+    def reload(self, settings: Settings) -> None:
+        """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
+        limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
+        seeding = asyncio.ensure_future(limits.seed(self.counter.rows))
+
+        def swap(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                self.limits = limits
+                log.info("usage rules reloaded", budgets=len(limits.budgets))
+            else:
+                log.warning("usage rules not reloaded: the store could not be read")
+
+        seeding.add_done_callback(swap)
+
+    async def run(self, app: web.Application) -> AsyncIterator[None]:
+        """``cleanup_ctx``: open the store, seed the budgets, flush every interval and at exit."""
+        try:
+            await self.store.open()
+            await self.limits.seed(self.counter.rows)
+        except Exception as exc:
+            log.error(
+                "usage store unavailable at start; counting in memory and retrying",
+                store=self.store.description,
+                cause=type(exc).__name__,
+            )
+        self._runner = asyncio.create_task(self.counter.run(), name="usage-flush")
+        try:
+            yield
+        finally:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            await self.counter.close()
+
+
+USAGE = web.AppKey("usage", Usage)

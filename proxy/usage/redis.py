@@ -1,0 +1,110 @@
+"""The shared usage store and budget ledger in Redis: for several processes, workers, machines.
+
+Counts are hashes per UTC hour (``HINCRBY``, so replicas add, never overwrite). Budget
+reservations are one Lua script: check every pool and add to all of them, or to none, in one
+atomic step, so no two replicas can both spend the last call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from proxy.usage.store import Batch, Ledger, Row
+
+PREFIX = "aspose-proxy:"
+HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
+TIMEOUT = 2.0  # seconds: a slow Redis never holds a request long
+SEP = "\t"
+
+# KEYS: the pools' counters; ARGV[1]: ttl; ARGV[1 + i]: the limit of KEYS[i].
+RESERVE = """
+for i, key in ipairs(KEYS) do
+    local used = tonumber(redis.call('GET', key) or '0')
+    if used + 1 > tonumber(ARGV[i + 1]) then
+        return {-i}
+    end
+end
+local values = {}
+for i, key in ipairs(KEYS) do
+    values[i] = redis.call('INCR', key)
+    if redis.call('TTL', key) < 0 then
+        redis.call('EXPIRE', key, ARGV[1])
+    end
+end
+return values
+"""
+
+
+class RedisStore:
+    """``redis://host:port/db``; the password comes from ``usage_store_password``."""
+
+    def __init__(self, url: str, password: SecretStr | None = None) -> None:
+        self.description = url  # the settings refuse a password inside the URL
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            password=password.get_secret_value() if password else None,
+            socket_timeout=TIMEOUT,
+            socket_connect_timeout=TIMEOUT,
+            decode_responses=True,
+        )
+        self._reserve = self._client.register_script(RESERVE)
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self  # the counters live in Redis: reservations are atomic across replicas
+
+    async def open(self) -> None:
+        await self._client.ping()
+
+    async def add(self, batch: Batch) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for (hour, client, product, kind), (calls, errors) in batch.items():
+                key = f"{PREFIX}usage:{hour}"
+                field = SEP.join((client, product, kind))
+                if calls:
+                    pipe.hincrby(key, f"calls{SEP}{field}", calls)
+                if errors:
+                    pipe.hincrby(key, f"errors{SEP}{field}", errors)
+                pipe.expire(key, HOUR_TTL)
+            await pipe.execute()
+
+    async def rows(self, since_hour: int) -> list[Row]:
+        from proxy.usage.counter import current_hour
+
+        hours = range(since_hour, current_hour() + 1)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(f"{PREFIX}usage:{hour}")
+            answers: list[dict[str, str]] = await pipe.execute()
+        sums: dict[tuple[str, str, str], list[int]] = {}
+        for answer in answers:
+            for field, value in answer.items():
+                what, _, key = field.partition(SEP)
+                client, product, kind = key.split(SEP, 2)
+                entry = sums.setdefault((client, product, kind), [0, 0])
+                entry[0 if what == "calls" else 1] += int(value)
+        return sorted(Row(*key, calls, errors) for key, (calls, errors) in sums.items())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # -- the ledger: budget counters ------------------------------------------------------
+
+    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        values: list[Any] = await self._reserve(
+            keys=[PREFIX + k for k in keys], args=[ttl, *limits]
+        )
+        return [int(v) for v in values]
+
+    async def release(self, keys: Sequence[str]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.decr(PREFIX + key)
+            await pipe.execute()
+
+    async def seed(self, key: str, value: int, ttl: int) -> None:
+        await self._client.set(PREFIX + key, value, ex=ttl, nx=True)

@@ -1,0 +1,113 @@
+"""What the usage settings look like: budgets, rate limits, the store URL, the product list.
+
+Pure data with validation, imported by ``proxy.settings`` (so it imports nothing from the package).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Label values are bounded: a path segment outside this list is counted as "other".
+PRODUCTS = frozenset(
+    [
+        "3d",
+        "barcode",
+        "cells",
+        "diagram",
+        "email",
+        "html",
+        "imaging",
+        "note",
+        "ocr",
+        "omr",
+        "page",
+        "pdf",
+        "psd",
+        "slides",
+        "svg",
+        "tasks",
+        "tex",
+        "words",
+        "zip",
+    ]
+)
+OTHER = "other"
+ANY = "*"  # in a budget or rate limit: every client (or product), counted together as one pool
+ANONYMOUS = "anonymous"
+OFF = "off"
+
+
+class Budget(BaseModel):
+    """At most ``calls`` calls per UTC ``period`` for this client and product (``*`` = all)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client: str = Field(min_length=1)
+    product: str = ANY
+    period: Literal["day", "month"] = "month"
+    calls: int = Field(ge=0)
+
+    @field_validator("product")
+    @classmethod
+    def _known_product(cls, product: str) -> str:
+        product = product.lower()
+        if product != ANY and product != OTHER and product not in PRODUCTS:
+            known = ", ".join(sorted(PRODUCTS))
+            raise ValueError(f"unknown product {product!r} (one of {known}, other or *)")
+        return product
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``per_second`` calls on average, ``burst`` at once (``*``: one shared)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client: str = Field(min_length=1)
+    per_second: float = Field(gt=0)
+    burst: int = Field(0, ge=0, description="0: per_second rounded up")
+
+    @model_validator(mode="after")
+    def _default_burst(self) -> RateLimit:
+        if self.burst == 0:
+            object.__setattr__(self, "burst", max(1, math.ceil(self.per_second)))
+        return self
+
+
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/aspose-proxy``, else ``~/.local/state/aspose-proxy``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "aspose-proxy"
+
+
+def default_store_url() -> str:
+    return f"sqlite://{state_dir() / 'usage.db'}"
+
+
+def check_store_url(url: str) -> str:
+    """``off``, ``sqlite:///absolute/path.db`` or ``redis://host:port/db`` (no password in it)."""
+    url = url.strip()
+    if url.lower() == OFF:
+        return OFF
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise ValueError("a sqlite store is sqlite:///absolute/path/usage.db")
+        return url
+    if url.startswith(("redis://", "rediss://")):
+        parts = urlsplit(url)
+        if parts.password is not None:
+            raise ValueError("put the Redis password in usage_store_password, not in the URL")
+        if not parts.hostname:
+            raise ValueError("a redis store is redis://host:port/db")
+        return url
+    raise ValueError("must be off, sqlite:///path/usage.db or redis://host:port/db")
+
+
+def sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite://"))

@@ -1,0 +1,122 @@
+"""The one small Protocol every usage store implements, and ``open_store(url)``.
+
+A store keeps call counts per UTC hour per (client, product, kind): enough for day and month
+views and small forever. A store whose counters several processes share (Redis) also offers a
+``ledger`` for atomic budget reservations; without one, budgets are counted in process memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import SecretStr
+
+from proxy.usage.rules import OFF, sqlite_path
+
+# (hour since the epoch, client, product, kind) -> (calls, errors)
+Batch = Mapping[tuple[int, str, str, str], tuple[int, int]]
+
+
+@dataclass(frozen=True, order=True)
+class Row:
+    """Calls and errors of one (client, product, kind) over some hours."""
+
+    client: str
+    product: str
+    kind: str
+    calls: int
+    errors: int
+
+
+class Ledger(Protocol):
+    """Budget counters: one per budget and period, reserved before a call, given back after."""
+
+    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        """Add one to every key if each stays within its limit, atomically.
+
+        Returns the new values; or, when a key is at its limit, ``[-1 - index]`` of that key
+        (nothing is added then).
+        """
+        ...
+
+    async def release(self, keys: Sequence[str]) -> None:
+        """Give back a reservation whose request never got an answer."""
+        ...
+
+    async def seed(self, key: str, value: int, ttl: int) -> None:
+        """Start a counter at ``value`` (calls already counted) unless it exists."""
+        ...
+
+
+class UsageStore(Protocol):
+    """Where the counts live; ``add`` is called off the request path, in batches."""
+
+    description: str  # for logs and the status page: never holds a password
+
+    @property
+    def ledger(self) -> Ledger | None: ...
+
+    async def open(self) -> None: ...
+
+    async def add(self, batch: Batch) -> None: ...
+
+    async def rows(self, since_hour: int) -> list[Row]:
+        """Calls and errors per (client, product, kind) from ``since_hour`` on."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """``usage_store = "off"``: counts live in this process only and are gone at exit."""
+
+    description = "off (this process's memory only)"
+
+    def __init__(self) -> None:
+        self._hours: dict[tuple[int, str, str, str], tuple[int, int]] = {}
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return None
+
+    async def open(self) -> None:
+        pass
+
+    async def add(self, batch: Batch) -> None:
+        for key, (calls, errors) in batch.items():
+            before = self._hours.get(key, (0, 0))
+            self._hours[key] = (before[0] + calls, before[1] + errors)
+
+    async def rows(self, since_hour: int) -> list[Row]:
+        rows = [Row(k[1], k[2], k[3], *v) for k, v in self._hours.items() if k[0] >= since_hour]
+        return merge(rows, {})
+
+    async def close(self) -> None:
+        pass
+
+
+def open_store(url: str, password: SecretStr | None = None) -> UsageStore:
+    """The store for a ``usage_store`` URL, not yet opened."""
+    if url == OFF:
+        return MemoryStore()
+    if url.startswith("sqlite://"):
+        from proxy.usage.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url))
+    from proxy.usage.redis import RedisStore
+
+    return RedisStore(url, password)
+
+
+def merge(rows: Sequence[Row], extra: Mapping[tuple[str, str, str], tuple[int, int]]) -> list[Row]:
+    """``rows`` plus counts not yet written, one row per (client, product, kind), sorted."""
+    sums: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for row in rows:
+        calls, errors = sums.get((row.client, row.product, row.kind), (0, 0))
+        sums[(row.client, row.product, row.kind)] = (calls + row.calls, errors + row.errors)
+    for key, (calls, errors) in extra.items():
+        before = sums.get(key, (0, 0))
+        sums[key] = (before[0] + calls, before[1] + errors)
+    return sorted(Row(*key, *value) for key, value in sums.items() if value[0] or value[1])

@@ -1,0 +1,77 @@
+"""A real ``redis-server`` on 127.0.0.1, on a free port, for the usage store tests.
+
+Nothing is skipped: without the ``redis-server`` binary the tests fail and say how to get it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+MISSING = (
+    "redis-server is not installed: the usage store tests need a real Redis "
+    "(apt-get install -y redis-server; .ci/run installs it when missing)"
+)
+
+
+NO_PERSISTENCE = ("--save", "", "--appendonly", "no")  # a test server writes nothing to disk
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server in ``directory``; returns the process and its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(MISSING, pytrace=False)
+    for _ in range(5):
+        port = _free_port()
+        process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), *NO_PERSISTENCE],
+            cwd=directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        for _ in range(100):
+            if process.poll() is not None:
+                break  # the port was taken in between: try another
+            try:
+                client.ping()
+                client.close()
+                return process, url
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
+    pytest.fail("redis-server did not start on a free port", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied for this test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server

@@ -1,0 +1,133 @@
+"""The usage stores: SQLite and Redis pass the SAME test cases (one parametrised fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.errors import BudgetExhausted
+from proxy.usage.budgets import Limits
+from proxy.usage.counter import UsageCounter, current_hour
+from proxy.usage.rules import Budget
+from proxy.usage.store import Row, UsageStore, open_store
+
+StoreFactory = Callable[[], UsageStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores on one backing file or server: each is a separate process's view."""
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'state' / 'usage.db'}"
+    else:
+        url = request.getfixturevalue("redis_url")
+    opened: list[UsageStore] = []
+
+    def factory() -> UsageStore:
+        store = open_store(url)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+async def test_batches_add_up_per_client_product_kind(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    hour = current_hour()
+    await store.add({(hour, "ci", "words", "api"): (3, 1), (hour, "ci", "cells", "api"): (1, 0)})
+    await store.add(
+        {(hour, "ci", "words", "api"): (2, 2), (hour - 1, "ci", "words", "api"): (5, 0)}
+    )
+    assert await store.rows(hour) == [
+        Row("ci", "cells", "api", 1, 0),
+        Row("ci", "words", "api", 5, 3),
+    ]
+    assert await store.rows(hour - 1) == [
+        Row("ci", "cells", "api", 1, 0),
+        Row("ci", "words", "api", 10, 3),
+    ]
+    assert await store.rows(hour + 1) == []
+
+
+async def test_two_processes_add_to_the_same_counts(new_store: StoreFactory) -> None:
+    first, second = new_store(), new_store()
+    await first.open()
+    await second.open()
+    hour = current_hour()
+    await asyncio.gather(
+        *(store.add({(hour, "a", "pdf", "storage"): (1, 0)}) for store in [first, second] * 10)
+    )
+    assert await first.rows(hour) == [Row("a", "pdf", "storage", 20, 0)]
+
+
+async def test_counts_persist_across_a_reopen(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    counter = UsageCounter(store, flush_interval=3600)
+    for status in (200, 200, 404, 503):
+        counter.record("ci", "words", "api", status)
+    await counter.close()  # the final flush, then the store is closed
+    again = new_store()
+    await again.open()
+    assert await again.rows(current_hour()) == [Row("ci", "words", "api", 4, 2)]
+
+
+async def test_counter_rows_include_unwritten_calls_exactly_once(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    counter = UsageCounter(store, flush_interval=3600)
+    counter.record("ci", "words", "api", 200)
+    assert await counter.rows(current_hour()) == [Row("ci", "words", "api", 1, 0)]
+    await counter.flush()
+    counter.record("ci", "words", "api", 500)
+    assert await counter.rows(current_hour()) == [Row("ci", "words", "api", 2, 1)]
+    await counter.flush()
+    await counter.flush()  # nothing new: nothing written twice
+    assert await store.rows(current_hour()) == [Row("ci", "words", "api", 2, 1)]
+
+
+async def test_budget_is_seeded_from_the_store_after_a_restart(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    await store.add({(current_hour(), "ci", "words", "api"): (2, 0)})
+    budget = Budget(client="ci", product="words", period="day", calls=3)
+    limits = Limits([budget], [], store.ledger)
+    await limits.seed(store.rows)
+    assert await limits.reserve("ci", "words")
+    with pytest.raises(BudgetExhausted):
+        await limits.reserve("ci", "words")
+
+
+async def test_budget_reservations_never_overspend_under_concurrency(
+    new_store: StoreFactory,
+) -> None:
+    store = new_store()
+    await store.open()
+    budget = Budget(client="*", product="*", period="month", calls=7)
+    limits = Limits([budget], [], store.ledger)
+
+    async def try_once() -> bool:
+        try:
+            await limits.reserve("ci", "words")
+        except BudgetExhausted:
+            return False
+        return True
+
+    results = await asyncio.gather(*(try_once() for _ in range(20)))
+    assert sum(results) == 7
+
+
+async def test_a_given_back_reservation_can_be_spent_again(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    limits = Limits([Budget(client="ci", calls=1)], [], store.ledger)
+    keys = await limits.reserve("ci", "words")
+    limits.release(keys)
+    await asyncio.sleep(0.05)  # the give-back runs in the background
+    assert await limits.reserve("ci", "words") == keys
