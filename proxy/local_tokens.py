@@ -33,9 +33,10 @@ def _b64(data: bytes) -> str:
 class LocalTokens:
     """Issues and reads placeholder tokens; checks ``local_clients`` when configured."""
 
-    def __init__(self, local_clients: dict[str, SecretStr]) -> None:
+    def __init__(self, local_clients: dict[str, SecretStr], key: bytes | None = None) -> None:
         self._clients = {k: v.get_secret_value() for k, v in local_clients.items()}
-        self._key = secrets.token_bytes(32)
+        # The workers of `run --workers N` share one key: any of them accepts the placeholder.
+        self._key = key or secrets.token_bytes(32)
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())

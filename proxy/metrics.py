@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -15,8 +15,14 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 class Metrics:
     """Every instrument the proxy exports; one instance per application."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Mapping[str, str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # `labels` (a worker's pid) are added to every sample when it is rendered, not per
+        # request: the workers of `run --workers N` each answer /metrics for themselves.
+        self._exposed = self.registry
+        if labels:
+            self._exposed = CollectorRegistry(auto_describe=False)
+            self._exposed.register(_Labelled(self.registry, dict(labels)))
         self.requests = Counter(
             "aspose_proxy_requests",
             "Requests answered, by HTTP status.",
@@ -40,14 +46,6 @@ class Metrics:
             "Requests replayed with a renewed token after upstream answered 401.",
             registry=self.registry,
         )
-        self.token_seconds_to_expiry = Gauge(
-            "aspose_proxy_token_seconds_to_expiry",
-            "Seconds until the current access token expires (0 when none is held).",
-            registry=self.registry,
-        )
-        self._status_counters: dict[int, Counter] = {}
-
-    def count_request(self, status: int) -> None:
         self.stale_connections = Counter(
             "aspose_proxy_upstream_stale_connection",
             "Upstream connections that broke before any response header, by outcome: retried "
@@ -63,6 +61,14 @@ class Metrics:
             registry=self.registry,
         )
         self._error_counters: dict[str, Counter] = {}
+        self.token_seconds_to_expiry = Gauge(
+            "aspose_proxy_token_seconds_to_expiry",
+            "Seconds until the current access token expires (0 when none is held).",
+            registry=self.registry,
+        )
+        self._status_counters: dict[int, Counter] = {}
+
+    def count_request(self, status: int) -> None:
         """Count one answered request; the labelled child is looked up once per status."""
         child = self._status_counters.get(status)
         if child is None:
@@ -91,8 +97,31 @@ class Metrics:
         """Compute the expiry gauge at scrape time, not per request."""
         self.token_seconds_to_expiry.set_function(seconds_left)
 
+    def count_error(self, status: int, code: str) -> None:
+        """Count one answer the proxy made itself (only on the error path)."""
+        child = self._error_counters.get(code)
+        if child is None:
+            child = self._error_counters[code] = self.errors.labels(str(status), code)
+        child.inc()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+class _Labelled(Collector):
+    """Another registry's samples with constant labels added, at scrape time."""
+
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._inner = inner
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            family.samples = [
+                sample._replace(labels={**sample.labels, **self._labels})
+                for sample in family.samples
+            ]
+            yield family
 
 
 class _CallsCollector(Collector):

@@ -1,0 +1,301 @@
+"""``run --workers N``: real worker processes on one port, supervised, in front of the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from proxy.settings import TOKEN_STATE_ENV_VAR
+from proxy.supervisor import worker_count
+from tests.conftest import RunningSandbox
+from tests.integration.conftest import LEAK
+
+
+@dataclass
+class Supervised:
+    """A ``run --workers N`` process: its URL and the file its stderr goes to."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    stderr: Path
+
+    @property
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Mapping[str, str], bytes]:
+        """One request on a fresh connection (SO_REUSEPORT spreads connections, not requests)."""
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client,
+            client.get(self.url + path, **kwargs) as response,
+        ):
+            return response.status, response.headers.copy(), await response.read()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+def proxy_env(sandbox: RunningSandbox, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ASPOSE_PROXY_")  # nothing from the developer's shell
+    }
+    env.update(
+        ASPOSE_PROXY_UPSTREAM_URL=sandbox.url,
+        ASPOSE_PROXY_CLIENT_ID="demo",
+        ASPOSE_PROXY_CLIENT_SECRET="demo-secret",
+        ASPOSE_PROXY_LOG_FORMAT="json",
+        ASPOSE_PROXY_LOG_FLUSH_INTERVAL="0",
+        ASPOSE_PROXY_SHUTDOWN_GRACE="5",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def start_workers(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Supervised] = []
+
+    async def start(*args: str, env: dict[str, str] | None = None) -> Supervised:
+        stderr = tmp_path / f"proxy-{len(started)}.err"
+        with stderr.open("wb") as err:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy", "run", "--port", "0", *args,
+                env=env or proxy_env(sandbox),
+                stdout=asyncio.subprocess.PIPE, stderr=err,
+            )  # fmt: skip
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        match = re.search(r"listening on (http://\S+)", line)
+        assert match, (line, stderr.read_text())
+        running = Supervised(process, match.group(1), stderr)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        workers = running.workers()
+        if running.process.returncode is None:
+            running.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.process.wait(), 20)
+        for worker in workers:  # never leave one behind, whatever the test did
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
+        if running.process.returncode is None:
+            running.process.kill()
+            await running.process.wait()
+        assert not LEAK.findall(running.log)
+
+
+async def request_ids(running: Supervised, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        status, headers, _ = await running.get("/healthz")
+        assert status == 200
+        ids.append(headers["X-Request-Id"])
+    return ids
+
+
+async def test_two_workers_share_one_port_each_with_its_own_request_ids(
+    start_workers: Callable[..., Any], sandbox: RunningSandbox
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    ids = await request_ids(running, 40)
+    assert len(set(ids)) == len(ids)  # unique across workers
+    prefixes = {i[:16] for i in ids}
+    assert len(prefixes) == 2  # both workers answered on the one announced port
+    # Each worker has its own token cache, so each fetched its own token.
+    assert (await sandbox.stats())["token_requests"] >= 2
+
+
+async def test_metrics_are_per_worker_and_carry_its_pid(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    pids = {str(w.pid) for w in running.workers()}
+    seen: set[str] = set()
+    for _ in range(40):
+        status, _, body = await running.get("/metrics")
+        assert status == 200
+        found = set(re.findall(r'aspose_proxy_requests_total\{pid="(\d+)"', body.decode()))
+        assert len(found) <= 1  # one worker's own series per scrape
+        seen |= found
+        if seen == pids:
+            break
+    assert seen == pids
+
+
+async def test_workers_share_the_token_schedule_file(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    paths = {w.environ().get(TOKEN_STATE_ENV_VAR) for w in running.workers()}
+    assert len(paths) == 1 and None not in paths, paths
+    assert "ASPOSE_PROXY_TOKEN_STATE_FILE" not in os.environ  # set for the workers only
+
+
+async def test_a_local_token_from_one_worker_is_accepted_by_the_others(
+    start_workers: Callable[..., Any], sandbox: RunningSandbox
+) -> None:
+    env = proxy_env(
+        sandbox,
+        ASPOSE_PROXY_LOCAL_CLIENTS='{"reporting": "job-secret"}',
+        ASPOSE_PROXY_REQUIRE_CLIENT_AUTH="true",
+    )
+    running = await start_workers("--workers", "2", env=env)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "reporting",
+        "client_secret": "job-secret",
+    }
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(running.url + "/connect/token", data=form) as response,
+    ):
+        assert response.status == 200
+        token = (await response.json())["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    statuses = [
+        (await running.get("/v4.0/sandbox/bytes?size=10", headers=headers))[0] for _ in range(16)
+    ]
+    assert statuses == [200] * 16
+
+
+async def test_a_worker_that_dies_is_replaced_within_seconds_with_a_log_line(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    victim = running.workers()[0]
+    victim.kill()
+    assert await wait_for(
+        lambda: len(running.workers()) == 2 and victim.pid not in {w.pid for w in running.workers()}
+    )
+    assert await wait_for(lambda: "worker died; starting a replacement" in running.log)
+    assert '"signal": "SIGKILL"' in running.log
+    # The replacement serves: both workers answer again.
+    for _ in range(10):
+        ids = await request_ids(running, 20)
+        if len({i[:16] for i in ids}) == 2:
+            break
+        await asyncio.sleep(0.3)
+    assert len({i[:16] for i in ids}) == 2
+
+
+async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    workers = running.workers()
+    slow = [asyncio.create_task(running.get("/v4.0/sandbox/delay?seconds=1.5")) for _ in range(6)]
+    await asyncio.sleep(0.5)
+    running.process.send_signal(signal.SIGTERM)
+    for task in slow:
+        status, _, body = await asyncio.wait_for(task, 10)
+        assert status == 200, body
+    assert await asyncio.wait_for(running.process.wait(), 15) == 0
+    assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
+    assert '"event": "stopped", "logger": "proxy.supervisor"' in running.log
+
+
+async def test_sighup_is_passed_on_to_every_worker(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    running.process.send_signal(signal.SIGHUP)
+    assert await wait_for(lambda: '"signal": "SIGHUP", "workers": 2' in running.log)
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    workers = running.workers()
+    running.process.kill()
+    await running.process.wait()
+
+    def gone() -> bool:
+        return all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
+
+    assert await wait_for(gone, 15)
+
+
+async def test_a_port_another_program_listens_on_is_refused_not_shared(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "--workers", "2", "--port", str(port),
+            env=proxy_env(sandbox),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert b"listening on" not in out
+    assert b'"event": "cannot listen"' in err
+
+
+def test_worker_count_zero_means_one_per_cpu() -> None:
+    assert worker_count(0, 8, True) == (8, None)
+    assert worker_count(3, 8, True) == (3, None)
+    assert worker_count(0, 1, True) == (1, None)
+
+
+def test_without_so_reuseport_the_proxy_says_so_and_runs_one_process() -> None:
+    count, why = worker_count(4, 8, False)
+    assert count == 1
+    assert why is not None and "SO_REUSEPORT is not available" in why and "4" in why
+    assert worker_count(1, 8, False) == (1, None)  # nothing to say when 1 was asked for
+
+
+def test_a_forked_child_makes_new_request_ids() -> None:
+    from proxy import middleware
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its prefix and leave at once
+        os.write(write, middleware._ID_PREFIX.encode())
+        os._exit(0)
+    os.close(write)
+    child_prefix = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_prefix and child_prefix != middleware._ID_PREFIX
