@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from proxy import health, local_tokens, status
+from proxy import health, local_tokens, reload
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.credentials import Credentials, CredentialsSource
 from proxy.errors import ProxyError
 from proxy.handler import Forwarder
 from proxy.health import METRICS, TOKENS
@@ -23,14 +23,12 @@ from proxy.middleware import Guard, access_guard, add_request_id, observe
 from proxy.oauth import TOKEN_PATHS
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
-from proxy.tokens import TokenCache, request_token
+from proxy.token_schedule import shared_schedule
+from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
 from proxy.upstream import create_session
-from proxy.usage.gate import USAGE, Usage
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
-# The forwarding route's handler: the forwarder inside the usage gate (proxy/usage/gate.py).
-FORWARD: web.AppKey[Handler] = web.AppKey("forward")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 
 log = structlog.get_logger("proxy.app")
@@ -42,27 +40,32 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     session = create_session(settings)
     token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
     tokens = TokenCache(
-        lambda: request_token(token_session, settings),
+        lambda credentials: request_token(token_session, settings, credentials),
         wait_timeout=settings.token_wait_timeout,
+        credentials=Credentials.from_settings(settings),
+        schedule=shared_schedule(app.get(SCHEDULE_POLICY)),
         metrics=app[METRICS],
     )
     app[TOKENS] = tokens
+    credentials = CredentialsSource(settings, tokens.set_credentials)
+    app[RELOAD_HOOKS].append(credentials.reload)
+    secret_watch = asyncio.create_task(credentials.watch(), name="secret-file-watch")
     app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS])
-    app[FORWARD] = app[USAGE].wrap(app[FORWARDER].handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
         yield
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in (refresher, secret_watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await tokens.close()
         await session.close()
         await token_session.close()
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARD](request)
+    return await request.app[FORWARDER].handle(request)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -107,20 +110,13 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[GUARD] = guard
-    if RELOAD_HOOKS not in app:
-        app[RELOAD_HOOKS] = []
+    reload.setup(app)  # the hook list (with the log level) and SIGHUP
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):
         log.warning(warning)
-    usage = Usage(settings)
-    app[USAGE] = usage
-    metrics.watch_calls(lambda: usage.counter.totals)
-    app[RELOAD_HOOKS].append(usage.reload)
-    app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     health.add_routes(app)
-    status.add_routes(app, settings.upstream_url)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)

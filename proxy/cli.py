@@ -263,6 +263,7 @@ async def _check(settings: Settings) -> int:
 async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from proxy import supervisor
     from proxy.app import create_app
+    from proxy.reload import SETTINGS_LOADER
     from proxy.serve import announce, start_server, wait_for_stop_signal
 
     worker: int | None = args.worker
@@ -278,8 +279,10 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
     else:
         supervisor.follow_parent(args.supervisor)
         local_token_key = supervisor.read_local_token_key(args.run_dir)
+    app = create_app(settings, local_token_key=local_token_key)
+    app[SETTINGS_LOADER] = lambda: _load(args).settings  # SIGHUP: the same sources again
     server = await start_server(
-        create_app(settings, local_token_key=local_token_key),
+        app,
         settings.host,
         settings.port,
         shutdown_grace=settings.shutdown_grace,

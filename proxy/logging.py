@@ -66,12 +66,19 @@ class Redactor:
     """Masks tokens and the configured secrets in every string of an event, however nested."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._use(secrets)
+        # Keys repeat (they come from code): remember which need a closer look.
+        self._plain_keys: dict[str, bool] = {}
+
+    def _use(self, secrets: Iterable[str]) -> None:
         literal = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
         patterns = [re.escape(s) for s in literal] + list(_TOKEN_PATTERNS)
         self._pattern = re.compile("|".join(patterns))
         self._secrets = tuple(literal)
-        # Keys repeat (they come from code): remember which need a closer look.
-        self._plain_keys: dict[str, bool] = {}
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too from now on (a secret rotated in at run time)."""
+        self._use([*self._secrets, *secrets])
 
     def _suspect(self, text: str) -> bool:
         """A cheap first look (plain substring tests, ~0.3 us): the full pattern costs
@@ -193,7 +200,7 @@ def configure_logging(
 
     ``flush_interval`` batches ordinary lines (None: 1 s, or 0 on a terminal).
     """
-    global _sink, _access
+    global _sink, _access, _redactor
     stream = stream or sys.stderr
     if flush_interval is None:
         flush_interval = 0.0 if stream.isatty() else DEFAULT_FLUSH_INTERVAL
@@ -227,7 +234,7 @@ def configure_logging(
     # The per-request line gets a lean chain of its own: no context to merge (the request id
     # is passed in), no stack or exception to render; same timestamp, redaction and renderer.
     timestamper = next(p for p in shared if isinstance(p, IsoTimestamp))
-    redactor = next(p for p in shared if isinstance(p, Redactor))
+    _redactor = redactor = next(p for p in shared if isinstance(p, Redactor))
     _access = structlog.wrap_logger(
         SinkLoggerFactory(sink)(ACCESS_LOGGER),
         processors=[_access_fields, timestamper, redactor, renderer],
@@ -242,6 +249,19 @@ def _access_fields(_: WrappedLogger, method: str, event_dict: EventDict) -> Even
     return event_dict
 
 
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Redact these values too (credentials reloaded at run time)."""
+    if _redactor is not None:
+        _redactor.add(secrets)
+
+
+def set_log_level(log_level: str) -> None:
+    """Change the level of every logger (a settings reload); the access line keeps its own."""
+    level = logging.getLevelNamesMapping()[log_level.upper()]
+    logging.getLogger().setLevel(level)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
 def access_logger() -> Any:
     """The logger for the one line per request (falls back to structlog's defaults)."""
     return _access if _access is not None else structlog.get_logger(ACCESS_LOGGER).bind()
@@ -250,4 +270,5 @@ def access_logger() -> Any:
 # The one sink of this process: logging configuration is process-wide by nature.
 _sink: LineSink | None = None
 _access: Any = None
+_redactor: Redactor | None = None
 ACCESS_LOGGER = "proxy.access"

@@ -1,15 +1,27 @@
 """The token cache: the only code that talks to the Aspose token endpoint.
 
 One fetch at a time however many requests wait (single flight); a background task refreshes
-early (at the latest at half the lifetime, with jitter, as Envoy does); failures back off
-exponentially; a token is never handed out within its expiry margin.
+early (at the latest at half the lifetime, with jitter, as Envoy does); a token is never handed
+out within its expiry margin, nor past the real expiry (``expires_in`` and the JWT's ``exp``,
+whichever is sooner, capped at one day).
+
+Failures: transient ones (unreachable, timeouts, 5xx, garbage) back off exponentially
+(0.5 s doubling to 60 s, per process). Rejected credentials and 429s go by the shared
+:class:`~proxy.token_schedule.Schedule`: at most 4 rejected requests per 10 minutes for the
+whole proxy, slow retries, nothing before a 429's ``Retry-After``. Meanwhile a valid cached token
+keeps being used, and requests without one get 503 ``token_unavailable`` at once.
+
+Rotation: ``set_credentials`` (SIGHUP, a changed ``client_secret_file``) makes the refresher try
+the new credentials at once; the token they get replaces the current one only if that works.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,17 +31,29 @@ from datetime import UTC, datetime
 import aiohttp
 import jwt
 import structlog
+from aiohttp import web
+from pydantic import SecretStr
 
+from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.metrics import Metrics
 from proxy.settings import Settings
+from proxy.token_schedule import Decision, MemoryStore, Outcome, Policy, Schedule
+from proxy.upstream import describe_tls_error
 
 log = structlog.get_logger("proxy.tokens")
 
 DEFAULT_LIFETIME = 86400.0
+# Clock oddities: no token is kept longer than this, whatever expires_in says.
+MAX_LIFETIME = 86400.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
+# While another process tries new credentials: how often to look for its outcome.
+BUSY_POLL = 0.2
 Clock = Callable[[], float]
+Fetch = Callable[[Credentials], Awaitable["TokenAnswer"]]
+# Internal knob for end-to-end tests: a scaled-down etiquette. Never set from settings.
+SCHEDULE_POLICY = web.AppKey("token_schedule_policy", Policy)
 
 
 class Token:
@@ -54,12 +78,27 @@ class Token:
 
 
 class TokenFetchError(Exception):
-    """A failed token request; ``rejected`` means the endpoint refused the credentials."""
+    """A failed token request: ``rejected`` credentials, ``rate_limited`` (429), or transient."""
 
-    def __init__(self, reason: str, *, rejected: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        rejected: bool = False,
+        rate_limited: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.rejected = rejected
+        self.rate_limited = rate_limited
+        self.retry_after = retry_after
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.rejected:
+            return "rejected"
+        return "rate_limited" if self.rate_limited else "error"
 
 
 @dataclass(frozen=True)
@@ -68,11 +107,13 @@ class TokenAnswer:
     expires_in: float
 
 
-async def request_token(session: aiohttp.ClientSession, settings: Settings) -> TokenAnswer:
+async def request_token(
+    session: aiohttp.ClientSession, settings: Settings, credentials: Credentials | None = None
+) -> TokenAnswer:
     """POST client credentials to ``token_url`` and parse the OAuth answer."""
-    secret = settings.client_secret.get_secret_value() if settings.client_secret else ""
-    form = {"grant_type": "client_credentials", "client_id": settings.client_id}
-    form["client_secret"] = secret
+    credentials = credentials or Credentials.from_settings(settings)
+    form = {"grant_type": "client_credentials", "client_id": credentials.client_id}
+    form["client_secret"] = credentials.secret
     timeout = aiohttp.ClientTimeout(
         total=settings.upstream_timeout, sock_connect=settings.connect_timeout
     )
@@ -86,16 +127,31 @@ async def request_token(session: aiohttp.ClientSession, settings: Settings) -> T
         ) as response:
             body = await response.read()
             status = response.status
+            retry_after = response.headers.get("Retry-After")
     except TimeoutError:
         raise TokenFetchError(f"token endpoint {settings.token_url} timed out") from None
+    except aiohttp.ClientSSLError as exc:  # fails closed: the credentials were not sent
+        raise TokenFetchError(
+            f"token endpoint {settings.token_url}: TLS verification failed "
+            f"({describe_tls_error(exc)}); set ca_file if a TLS-inspecting proxy is in the way"
+        ) from None
     except aiohttp.ClientError as exc:
         raise TokenFetchError(
             f"token endpoint {settings.token_url} unreachable ({type(exc).__name__})"
         ) from None
-    return parse_token_answer(status, body, settings)
+    return parse_token_answer(
+        status, body, settings, retry_after=retry_after, client_id=credentials.client_id
+    )
 
 
-def parse_token_answer(status: int, body: bytes, settings: Settings) -> TokenAnswer:
+def parse_token_answer(
+    status: int,
+    body: bytes,
+    settings: Settings,
+    *,
+    retry_after: str | None = None,
+    client_id: str | None = None,
+) -> TokenAnswer:
     """Turn the endpoint's answer into a token, or a ``TokenFetchError`` that says why."""
     try:
         data = json.loads(body)
@@ -103,9 +159,15 @@ def parse_token_answer(status: int, body: bytes, settings: Settings) -> TokenAns
         data = None
     if not isinstance(data, dict):
         data = {}
+    if status == 429:
+        raise TokenFetchError(
+            f"token endpoint {settings.token_url} answered 429 Too Many Requests",
+            rate_limited=True,
+            retry_after=parse_retry_after(retry_after),
+        )
     oauth_error = data.get("error")
     if status in (400, 401) and isinstance(oauth_error, str):
-        return _raise_rejected(oauth_error, settings)
+        return _raise_rejected(oauth_error, settings.client_id if client_id is None else client_id)
     if status != 200:
         raise TokenFetchError(f"token endpoint {settings.token_url} answered HTTP {status}")
     token = data.get("access_token")
@@ -114,28 +176,50 @@ def parse_token_answer(status: int, body: bytes, settings: Settings) -> TokenAns
     return TokenAnswer(token, _lifetime(data.get("expires_in"), token))
 
 
-def _raise_rejected(oauth_error: str, settings: Settings) -> TokenAnswer:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date; None when absent or unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+def _raise_rejected(oauth_error: str, client_id: str) -> TokenAnswer:
     safe = "".join(c for c in oauth_error[:64] if c.isalnum() or c in "_-.")
     raise TokenFetchError(
-        f"the token endpoint rejected the credentials for client_id "
-        f"'{settings.client_id}' ({safe})",
+        f"the token endpoint rejected the credentials for client_id '{client_id}' ({safe})",
         rejected=True,
     )
 
 
 def _lifetime(expires_in: object, token: str) -> float:
-    """``expires_in``, else the JWT's ``exp``, else one day."""
+    """The sooner of ``expires_in`` and the JWT's ``exp``, at most a day (one day if neither).
+
+    0 or negative means expired on arrival (the cache refuses it); an absurd ``expires_in`` is
+    capped by ``exp`` when the token is a JWT, and by ``MAX_LIFETIME`` always.
+    """
+    candidates = []
     if isinstance(expires_in, int | float | str) and not isinstance(expires_in, bool):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OverflowError):
             seconds = float(expires_in)
-            if seconds > 0:
-                return seconds
+            if math.isfinite(seconds) or seconds > 0:
+                candidates.append(seconds)
     with contextlib.suppress(jwt.PyJWTError):
         claims = jwt.decode(token, options={"verify_signature": False})
         exp = claims.get("exp")
-        if isinstance(exp, int | float):
-            return max(0.0, exp - time.time())
-    return DEFAULT_LIFETIME
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            candidates.append(exp - time.time())
+    if not candidates:
+        return DEFAULT_LIFETIME
+    return max(0.0, min(MAX_LIFETIME, *candidates))
 
 
 class TokenCache:
@@ -143,9 +227,11 @@ class TokenCache:
 
     def __init__(
         self,
-        fetch: Callable[[], Awaitable[TokenAnswer]],
+        fetch: Fetch,
         *,
         wait_timeout: float,
+        credentials: Credentials | None = None,
+        schedule: Schedule | None = None,
         metrics: Metrics | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
@@ -155,6 +241,10 @@ class TokenCache:
         self._metrics = metrics
         self._clock = clock
         self._rng = rng or random.Random()
+        self._schedule = schedule or Schedule(MemoryStore(), clock=clock)
+        self._credentials = credentials or Credentials("", SecretStr(""))
+        self._fp = self._fingerprint(self._credentials)
+        self._rotation: str | None = None  # why new credentials wait for their first try
         self._current: Token | None = None
         self._inflight: asyncio.Task[Token] | None = None
         self._failures = 0
@@ -163,6 +253,9 @@ class TokenCache:
         self._wake = asyncio.Event()
         if metrics is not None:
             metrics.watch_token_expiry(self.seconds_to_expiry)
+
+    def _fingerprint(self, credentials: Credentials) -> str:
+        return self._schedule.fingerprint(credentials.client_id, credentials.secret)
 
     # -- what requests use ---------------------------------------------------------------
 
@@ -212,6 +305,22 @@ class TokenCache:
             return self._last_error.reason
         return "no access token fetched yet"
 
+    # -- new credentials -----------------------------------------------------------------------
+
+    def set_credentials(self, credentials: Credentials, why: str) -> bool:
+        """Try ``credentials`` at once (whatever the backoff says); False if nothing changed."""
+        fp = self._fingerprint(credentials)
+        if fp == self._fp:
+            return False
+        self._credentials, self._fp, self._rotation = credentials, fp, why
+        self._failures = 0
+        self._next_attempt_at = 0.0
+        log.info(
+            "new credentials; fetching a token with them", client_id=credentials.client_id, why=why
+        )
+        self._wake.set()
+        return True
+
     # -- fetching --------------------------------------------------------------------------
 
     async def _wait_for_fetch(self) -> Token:
@@ -244,41 +353,113 @@ class TokenCache:
             task.exception()  # retrieved: waiters get it through shield; no "never retrieved"
         self._wake.set()
 
+    async def _permission(self, fp: str) -> Decision:
+        """Ask the schedule; while another process tries these credentials, wait for it."""
+        while True:
+            decision = self._schedule.ask(fp, have_token=self.valid_token() is not None)
+            if not decision.busy:
+                return decision
+            await asyncio.sleep(BUSY_POLL)
+
     async def _fetch_once(self) -> Token:
+        credentials, fp, rotation = self._credentials, self._fp, self._rotation
+        decision = await self._permission(fp)
+        if not decision.allowed:
+            self._blocked(decision, fp)
+            raise TokenFetchError(
+                decision.reason, rejected=decision.rejected, rate_limited=decision.rate_limited
+            )
+        outcome: Outcome = "error"
+        error: TokenFetchError | None = None
         try:
-            answer = await self._fetch()
+            answer = await self._fetch(credentials)
+            outcome = "ok"
         except TokenFetchError as exc:
-            self._failed(exc)
-            raise
+            outcome, error = exc.outcome, exc
         except Exception as exc:  # a bug or an unexpected client error: still back off
-            self._failed(TokenFetchError(f"token fetch failed ({type(exc).__name__})"))
-            raise TokenFetchError(f"token fetch failed ({type(exc).__name__})") from None
+            error = TokenFetchError(f"token fetch failed ({type(exc).__name__})")
+        finally:  # also when cancelled: give the slot back
+            self._schedule.record(
+                decision.ticket,
+                fp,
+                outcome,
+                reason=error.reason if error else "",
+                retry_after=error.retry_after if error else None,
+            )
+        if error is not None:
+            self._failed(error, fp, rotation)
+            raise error
+        if fp == self._fp:
+            self._rotation = None
         token = Token(answer.access_token, answer.expires_in, self._clock(), self._rng.random())
         if token.usable_until <= self._clock():
             error = TokenFetchError("the token endpoint sent a token that has already expired")
-            self._failed(error)
+            self._failed(error, fp, rotation)
             raise error
         self._current = token
         recovered = self._last_error is not None
         self._failures = 0
         self._last_error = None
+        self._next_attempt_at = 0.0
         if self._metrics:
             self._metrics.token_fetches.labels("ok").inc()
         expires = datetime.fromtimestamp(time.time() + token.lifetime, UTC)
+        event = "token recovered" if recovered else "token acquired"
+        if rotation is not None:
+            event = "switched to the new credentials"
         log.info(
-            "token recovered" if recovered else "token acquired",
+            event,
+            client_id=credentials.client_id,
             expires_in=round(token.lifetime),
             expires_at=expires.isoformat(timespec="seconds"),
         )
         return token
 
-    def _failed(self, exc: TokenFetchError) -> None:
+    def _failed(self, exc: TokenFetchError, fp: str, rotation: str | None) -> None:
+        if self._metrics:
+            self._metrics.token_fetches.labels("rejected" if exc.rejected else "error").inc()
+        if exc.rejected or exc.rate_limited:
+            # The schedule says when to try again; peek without taking a slot.
+            self._failures = 0
+            decision = self._schedule.ask(fp, have_token=self.valid_token() is not None)
+            if decision.allowed:  # cannot happen after a rejection, but never leak a slot
+                self._schedule.record(decision.ticket, fp, "error")
+                decision = Decision(False, until=self._clock())
+            self._blocked(decision, fp, exc)
+            if rotation is not None and exc.rejected and fp == self._fp:
+                self._rotation = None
+                log.error(
+                    "the new client secret was rejected; still using the current token"
+                    if self.valid_token() is not None
+                    else "the new client secret was rejected",
+                    client_id=self._credentials.client_id,
+                    reason=exc.reason,
+                    why=rotation,
+                )
+            return
         self._failures += 1
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self._failures - 1))
         delay *= 0.5 + 0.5 * self._rng.random()  # equal jitter
         self._next_attempt_at = self._clock() + delay
-        if self._metrics:
-            self._metrics.token_fetches.labels("rejected" if exc.rejected else "error").inc()
+        self._note(exc, delay)
+
+    def _blocked(self, decision: Decision, fp: str, cause: TokenFetchError | None = None) -> None:
+        """Hold further attempts until the schedule allows one; remember why (for the 503s)."""
+        until = decision.until
+        token = self.valid_token()
+        if math.isinf(until):
+            until = token.usable_until if token is not None else self._clock()
+            if fp == self._fp:
+                self._rotation = None  # rejected before: no immediate attempt for it
+        self._next_attempt_at = until
+        error = TokenFetchError(
+            decision.reason or (cause.reason if cause else "token request not allowed yet"),
+            rejected=decision.rejected or bool(cause and cause.rejected),
+            rate_limited=decision.rate_limited or bool(cause and cause.rate_limited),
+        )
+        self._note(error, max(0.0, until - self._clock()))
+
+    def _note(self, exc: TokenFetchError, delay: float) -> None:
         if self._last_error is None or self._last_error.reason != exc.reason:
             log.error("token fetch failed", reason=exc.reason, retry_in=round(delay, 1))
         self._last_error = exc
@@ -293,8 +474,10 @@ class TokenCache:
 
     def _next_refresh_in(self) -> float:
         now = self._clock()
-        if self._last_error is not None:
+        if self._last_error is not None or (self._rotation and self._next_attempt_at > now):
             return max(0.0, self._next_attempt_at - now)
+        if self._rotation is not None:
+            return 0.0
         token = self.valid_token()
         return max(0.0, token.refresh_at - now) if token is not None else 0.0
 

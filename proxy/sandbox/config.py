@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
-    """Credentials the token endpoints accept, token lifetime and where files live.
+    """Credentials the token endpoints accept, token lifetime, lockout and where files live.
 
     ``data_dir=None`` means a temporary directory that the app creates on start-up and
     removes on clean-up; a given directory is used as is and never removed.
@@ -18,9 +18,16 @@ class SandboxConfig:
     client_secret: str = "demo-secret"  # noqa: S105 (the documented demo secret)
     token_lifetime: float = 86400
     data_dir: Path | None = None
+    # Aspose's lockout: more than `lockout_threshold` failed token requests for a client id
+    # within `lockout_window` seconds answer 429 for `lockout_duration` seconds.
+    lockout_threshold: int = 5
+    lockout_window: float = 600
+    lockout_duration: float = 600
 
     def __post_init__(self) -> None:
         if not self.client_id:
             raise ValueError("client_id must not be empty")
         if self.token_lifetime <= 0:
             raise ValueError("token_lifetime must be positive")
+        if self.lockout_threshold < 0 or self.lockout_window <= 0 or self.lockout_duration <= 0:
+            raise ValueError("lockout_threshold must be >= 0, window and duration positive")

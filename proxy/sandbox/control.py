@@ -46,8 +46,27 @@ async def rotate_secret(request: web.Request) -> web.Response:
     secret = _object(await _json_body(request)).get("client_secret")
     if not isinstance(secret, str) or not secret:
         raise FaultSpecError("client_secret must be a non-empty string")
-    request.app[STATE].client_secret = secret
+    request.app[STATE].change_secret(secret)
     return web.json_response({"rotated": True})
+
+
+async def lockout(request: web.Request) -> web.Response:
+    """Tune the failed-login lockout (tests shorten its 10 minutes); clears current ones."""
+    spec = _object(await _json_body(request))
+    state = request.app[STATE]
+    unknown = set(spec) - {"threshold", "window", "duration"}
+    if unknown:
+        raise FaultSpecError(f"unknown keys: {', '.join(sorted(unknown))}")
+    values = {**state.lockout.as_dict(), **spec}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise FaultSpecError(f"{key} must be a non-negative number")
+    if not values["window"] or not values["duration"]:
+        raise FaultSpecError("window and duration must be positive")
+    state.lockout = type(state.lockout)(
+        int(values["threshold"]), float(values["window"]), float(values["duration"])
+    )
+    return web.json_response({"lockout": state.lockout.as_dict()})
 
 
 async def token_fault(request: web.Request) -> web.Response:
@@ -99,6 +118,7 @@ async def spec_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/revoke", revoke)
     app.router.add_post(f"{PREFIX}/rotate-secret", rotate_secret)
+    app.router.add_post(f"{PREFIX}/lockout", lockout)
     app.router.add_post(f"{PREFIX}/token-fault", token_fault)
     app.router.add_post(f"{PREFIX}/api-fault", api_fault)
     app.router.add_post(f"{PREFIX}/token-lifetime", token_lifetime)

@@ -73,6 +73,13 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def _locked_out(seconds: float) -> web.Response:
+    """Aspose's answer to too many failed logins: 429 with ``Retry-After`` (600 at first)."""
+    response = oauth_error("too_many_requests", status=429)
+    response.headers["Retry-After"] = str(math.ceil(seconds))
+    return response
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
     """``POST`` a client-credentials form, get ``{"access_token", "expires_in", "token_type"}``."""
     state = request.app[STATE]
@@ -91,10 +98,19 @@ async def token_endpoint(request: web.Request) -> web.Response:
         return oauth_error("invalid_request")
     if not matches(form.grant_types, "client_credentials"):
         return oauth_error("unsupported_grant_type")
-    if not (
-        matches(form.client_ids, state.config.client_id)
-        and matches(form.client_secrets, state.client_secret)
-    ):
+    known_id = matches(form.client_ids, state.config.client_id)
+    client_id = state.config.client_id if known_id else min(form.client_ids, default="")
+    now = time.monotonic()
+    locked = state.lockout.seconds_left(client_id, now)
+    if locked:
+        state.stats.locked_out_requests += 1
+        return _locked_out(locked)
+    if not (known_id and matches(form.client_secrets, state.client_secret)):
+        state.stats.failed_token_requests += 1
+        lockout = state.lockout.failed(client_id, now)
+        if lockout:
+            state.stats.locked_out_requests += 1
+            return _locked_out(lockout)
         return oauth_error("invalid_client")
 
     token, expires_in = issue_token(state)

@@ -738,6 +738,8 @@ async def test_stats_count_requests_and_reset(sandbox: RunningSandbox) -> None:
         "unauthorized_sent": 1,
         "expired_token_requests": 0,
         "revoked_token_requests": 0,
+        "failed_token_requests": 0,
+        "locked_out_requests": 0,
     }
     assert await sandbox.control("stats/reset") == {
         "token_requests": 0,
@@ -745,6 +747,8 @@ async def test_stats_count_requests_and_reset(sandbox: RunningSandbox) -> None:
         "unauthorized_sent": 0,
         "expired_token_requests": 0,
         "revoked_token_requests": 0,
+        "failed_token_requests": 0,
+        "locked_out_requests": 0,
     }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import pytest
 
+from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.settings import Settings
 from proxy.tokens import (
@@ -51,7 +52,7 @@ class FakeFetch:
         self.script: list[TokenAnswer | BaseException] = []
         self.gate: asyncio.Event | None = None
 
-    async def __call__(self) -> TokenAnswer:
+    async def __call__(self, credentials: Credentials | None = None) -> TokenAnswer:
         self.calls += 1
         n = self.calls
         if self.gate is not None:

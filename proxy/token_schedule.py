@@ -1,0 +1,297 @@
+"""When the proxy may ask the token endpoint again: the failed-login budget, shared by workers.
+
+Aspose Cloud locks a client out for 10 minutes after more than 5 failed token requests in 10
+minutes (HTTP 429, ``Retry-After: 600``), for every service using that application. So:
+
+- every token request takes a slot in a budget of ``Policy.budget`` (4) per ``window`` (600 s)
+  *before* it is sent; a success or a transient failure (5xx, timeout, garbage) gives the slot
+  back, a rejection (400/401 with an OAuth ``error``) or a 429 keeps it. At most 4 rejected
+  requests per 10 minutes, whatever happens;
+- credentials known to be rejected are retried on a slow schedule (30 s, then 150 s steps) and
+  may use only ``budget - reserve`` slots: one is kept for a new secret, which is tried at once;
+- credentials that were rejected get no such immediate attempt again until they change;
+- a 429 blocks every token request until its ``Retry-After``;
+- an untried secret is tried by one process at a time: the others wait for its outcome.
+
+The state lives in a :class:`MemoryStore` (one process) or a :class:`FileStore`: a small JSON
+file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share. Seam: the
+supervisor sets ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (``proxy.settings.TOKEN_STATE_ENV_VAR``) in the
+workers' environment; ``proxy/app.py`` builds a FileStore on it when set. Times are
+``time.monotonic()`` values: CLOCK_MONOTONIC is one clock for all processes of a Linux machine.
+Credentials are stored only as salted fingerprints, never as secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from proxy.settings import TOKEN_STATE_ENV_VAR
+
+log = structlog.get_logger("proxy.tokens")
+
+Clock = Callable[[], float]
+Outcome = Literal["ok", "error", "rejected", "rate_limited"]
+# An untried secret another process is trying: how long to wait for its outcome at most.
+PENDING_STALE = 30.0
+REMEMBERED_CREDENTIALS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The numbers of the etiquette; the defaults are the safe ones (tests scale them down)."""
+
+    budget: int = 4  # token requests that may fail as rejected per window
+    window: float = 600.0
+    reserve: int = 1  # slots the slow schedule leaves free for a new secret
+    first_step: float = 30.0  # wait after the first rejection
+    step: float = 150.0  # wait after each further rejection
+    default_retry_after: float = 600.0  # a 429 without a usable Retry-After
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``allowed`` with a ``ticket``; else ``busy`` (ask again soon) or blocked until ``until``.
+
+    ``until`` is ``math.inf`` for rejected credentials while a valid token is held: they are
+    not tried again until they change (or the token runs out).
+    """
+
+    allowed: bool
+    ticket: str = ""
+    busy: bool = False
+    until: float = 0.0
+    reason: str = ""
+    rejected: bool = False
+    rate_limited: bool = False
+
+
+class Store(Protocol):
+    def transaction(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """The state, exclusively; changes made to it are kept when the block ends."""
+
+
+def _new_state() -> dict[str, Any]:
+    return {
+        "salt": secrets.token_hex(16),
+        "attempts": [],  # {"id", "at", "fp", "state": pending|rejected|rate_limited}
+        "rejected": {},  # fingerprint -> {"at", "reason"}
+        "confirmed": {},  # fingerprint -> time of the last success
+        "streak": 0,  # rejections since the last success
+        "slow_next": 0.0,
+        "blocked_until": 0.0,
+        "blocked_reason": "",
+    }
+
+
+class MemoryStore:
+    """The schedule of a single process."""
+
+    def __init__(self) -> None:
+        self._state = _new_state()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        yield self._state
+
+
+class FileStore:
+    """The schedule in a JSON file, shared by the processes that open the same path.
+
+    The lock is held for a read and a write of a few hundred bytes; the kernel drops it if a
+    process dies holding it. An unreadable file starts a fresh state (with a warning).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = b""
+            while chunk := os.read(fd, 65536):
+                raw += chunk
+            state = self._parse(raw)
+            yield state
+            data = json.dumps(state, separators=(",", ":")).encode()
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _parse(self, raw: bytes) -> dict[str, Any]:
+        if not raw:
+            return _new_state()
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or set(state) != set(_new_state()):
+            log.warning("token schedule file unreadable; starting afresh", path=str(self.path))
+            return _new_state()
+        return state
+
+
+def wall_time(moment: float, clock: Clock) -> str:
+    """A clock reading as UTC wall time, for messages ("no token request before ...")."""
+    wall = time.time() + (moment - clock())
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Schedule:
+    """Decides whether a token request may be sent now, and learns from its outcome."""
+
+    def __init__(self, store: Store, policy: Policy | None = None, clock: Clock = time.monotonic):
+        self.store = store
+        self.policy = policy or Policy()
+        self._clock = clock
+        self._salt: bytes | None = None
+
+    def fingerprint(self, client_id: str, secret: str) -> str:
+        """A salted digest naming a pair of credentials without revealing them."""
+        if self._salt is None:
+            with self.store.transaction() as state:
+                self._salt = bytes.fromhex(state["salt"])
+        message = client_id.encode() + b"\0" + secret.encode()
+        return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:24]
+
+    def ask(self, fp: str, *, have_token: bool) -> Decision:
+        """May credentials ``fp`` be sent now? If so a slot is taken: report with ``record``."""
+        now = self._clock()
+        policy = self.policy
+        with self.store.transaction() as state:
+            self._prune(state, now)
+            if now < state["blocked_until"]:
+                return Decision(
+                    False, until=state["blocked_until"], reason=state["blocked_reason"],
+                    rate_limited=True,
+                )  # fmt: skip
+            attempts = state["attempts"]
+            rejected = state["rejected"].get(fp)
+            limit = policy.budget
+            if rejected is not None:
+                reason = rejected["reason"]
+                if have_token:
+                    return Decision(
+                        False, until=math.inf, rejected=True,
+                        reason=f"{reason}; not tried again until the secret changes",
+                    )  # fmt: skip
+                limit = policy.budget - policy.reserve
+                until = max(state["slow_next"], self._slot_free_at(attempts, limit))
+                if now < until:
+                    return Decision(
+                        False, until=until, rejected=True,
+                        reason=f"{reason}; next attempt at {wall_time(until, self._clock)}, "
+                        f"or at once when the secret changes",
+                    )  # fmt: skip
+            else:
+                free_at = self._slot_free_at(attempts, limit)
+                if now < free_at:
+                    return Decision(
+                        False, until=free_at,
+                        reason=f"{policy.budget} token requests failed within "
+                        f"{policy.window:.0f} s; next attempt at {wall_time(free_at, self._clock)}",
+                    )  # fmt: skip
+                trying = [a for a in attempts if a["fp"] == fp and a["state"] == "pending"]
+                if fp not in state["confirmed"] and any(
+                    now - a["at"] < PENDING_STALE for a in trying
+                ):
+                    return Decision(False, busy=True, until=now + 0.2, reason="")
+            ticket = uuid.uuid4().hex
+            attempts.append({"id": ticket, "at": now, "fp": fp, "state": "pending"})
+            return Decision(True, ticket=ticket)
+
+    def record(
+        self,
+        ticket: str,
+        fp: str,
+        outcome: Outcome,
+        *,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        """The outcome of the request ``ticket`` allowed."""
+        now = self._clock()
+        policy = self.policy
+        with self.store.transaction() as state:
+            attempts = state["attempts"]
+            mine = next((a for a in attempts if a["id"] == ticket), None)
+            if outcome in ("ok", "error"):
+                if mine is not None:
+                    attempts.remove(mine)
+                if outcome == "ok":
+                    state["rejected"].pop(fp, None)
+                    state["confirmed"][fp] = now
+                    state["streak"] = 0
+                    state["slow_next"] = 0.0
+            elif outcome == "rejected":
+                if mine is not None:
+                    mine["state"] = "rejected"
+                state["confirmed"].pop(fp, None)
+                state["rejected"][fp] = {"at": now, "reason": reason}
+                state["streak"] += 1
+                step = policy.first_step if state["streak"] == 1 else policy.step
+                state["slow_next"] = now + step
+            else:
+                if mine is not None:
+                    mine["state"] = "rate_limited"
+                wait = policy.default_retry_after if retry_after is None else retry_after
+                until = now + max(0.0, wait)
+                if until > state["blocked_until"]:
+                    state["blocked_until"] = until
+                    state["blocked_reason"] = (
+                        f"the token endpoint answered 429 Too Many Requests (the client is "
+                        f"locked out for failed logins); no token request before "
+                        f"{wall_time(until, self._clock)}"
+                    )
+            self._prune(state, now)
+
+    def _slot_free_at(self, attempts: list[dict[str, Any]], limit: int) -> float:
+        """When fewer than ``limit`` attempts will be in the window (0: now)."""
+        if limit <= 0:
+            return math.inf
+        times = sorted(a["at"] for a in attempts)
+        if len(times) < limit:
+            return 0.0
+        return float(times[len(times) - limit]) + self.policy.window
+
+    def _prune(self, state: dict[str, Any], now: float) -> None:
+        window = self.policy.window
+        # A time in the future comes from another boot's clock: forget it.
+        state["attempts"] = [a for a in state["attempts"] if now - window < a["at"] <= now + 1]
+        if state["blocked_until"] > now + 86400:
+            state["blocked_until"] = 0.0
+        for key in ("rejected", "confirmed"):
+            entries = state[key]
+            if len(entries) > REMEMBERED_CREDENTIALS:
+                newest = sorted(entries, key=lambda k: _at(entries[k]))[-REMEMBERED_CREDENTIALS:]
+                state[key] = {k: entries[k] for k in newest}
+
+
+def _at(entry: Any) -> float:
+    return float(entry["at"] if isinstance(entry, dict) else entry)
+
+
+def shared_schedule(policy: Policy | None = None) -> Schedule:
+    """The file named by ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (workers), else this process only."""
+    path = os.environ.get(TOKEN_STATE_ENV_VAR)
+    store: Store = FileStore(Path(path)) if path else MemoryStore()
+    return Schedule(store, policy)
