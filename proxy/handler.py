@@ -134,12 +134,12 @@ class Forwarder:
             if not data and "Content-Length" not in in_headers:
                 data = None  # no body at all: send none
         method = request.method
-        session = self._session
         idempotent = method in IDEMPOTENT_METHODS
+        session = self._session
         loop = self._loop
         latency = self._metrics.upstream_latency
-
         sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
+
         async def send(token: str) -> aiohttp.ClientResponse:
             nonlocal sends, length
             while True:
