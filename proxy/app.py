@@ -7,10 +7,8 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
-import aiohttp
 import structlog
 from aiohttp import web
-
 from proxy import health, local_tokens, reload
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
 from proxy.credentials import Credentials, CredentialsSource
@@ -22,10 +20,11 @@ from proxy.metrics import Metrics
 from proxy.middleware import Guard, access_guard, add_request_id, observe
 from proxy.oauth import TOKEN_PATHS
 from proxy.reload import RELOAD_HOOKS
+from proxy.serve import CONNECTION_LIMITS, ConnectionLimits, name_server
 from proxy.settings import Settings
 from proxy.token_schedule import shared_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
-from proxy.upstream import create_session
+from proxy.upstream import Egress, create_session, create_token_session
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
@@ -37,8 +36,9 @@ log = structlog.get_logger("proxy.app")
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared sessions, the token cache and its refresher live as long as the app."""
     settings = app[SETTINGS]
-    session = create_session(settings)
-    token_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    egress = Egress.from_settings(settings)  # TLS trust and egress proxies, resolved once
+    session = create_session(settings, egress)
+    token_session = create_token_session(egress)
     tokens = TokenCache(
         lambda credentials: request_token(token_session, settings, credentials),
         wait_timeout=settings.token_wait_timeout,
@@ -104,9 +104,7 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         AccessRules.from_settings(settings), issuer.client_of if issuer else NO_LOCAL_CLIENTS
     )
     guard = access_guard(access)
-    app = web.Application(
-        middlewares=[observe(metrics, guard)], handler_args={"max_field_size": 65536}
-    )
+    app = web.Application(middlewares=[observe(metrics, guard)])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[GUARD] = guard
@@ -116,6 +114,12 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         log.warning(warning)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(name_server)
+    # Applied by serve.start_server to every connection (with the parser's bounds).
+    app[CONNECTION_LIMITS] = ConnectionLimits(
+        request_header_timeout=settings.request_header_timeout,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
     health.add_routes(app)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)

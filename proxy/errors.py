@@ -12,6 +12,8 @@
      ├── HostNotAllowed       421   host_not_allowed: on a loopback listener, a Host that is
      │                              not a loopback name nor in allow_hosts (DNS rebinding)
      ├── BodyTooLarge         413   body_too_large: the body exceeds max_body_size
+     ├── HeadTooLarge         431   request_head_too_large: request line, a header field or
+     │                              the number of header fields beyond the parser's bounds
      ├── InsufficientStorage  507   insufficient_storage: a big body cannot be spooled
      │                              (spool_dir missing, unwritable or full)
      ├── RateLimited          429   rate_limited: the client's rate_limits bucket is empty;
@@ -23,6 +25,8 @@
      ├── TokenUnavailable     503   token_unavailable: no valid token (credentials rejected,
      │                              token endpoint failing); carries Retry-After
      ├── UpstreamUnreachable  502   upstream_unreachable: cannot connect, or the exchange broke
+     ├── UpstreamTLSError     502   upstream_tls_error: upstream's TLS certificate is not trusted
+     │                              (or the handshake failed); nothing was sent
      └── UpstreamTimeout      504   upstream_timeout: connected, but no response headers in time
 
 The body has the shape of Aspose's own errors, so the official SDKs parse and show it
@@ -106,6 +110,12 @@ class BodyTooLarge(ProxyError):
     description = "The request body is larger than the proxy's max_body_size setting."
 
 
+class HeadTooLarge(ProxyError):
+    status = 431  # RFC 6585 §5
+    code = "request_head_too_large"
+    description = "The request line or header fields are larger than the proxy accepts."
+
+
 class InsufficientStorage(ProxyError):
     status = 507
     code = "insufficient_storage"
@@ -143,6 +153,15 @@ class UpstreamUnreachable(ProxyError):
     status = 502
     code = "upstream_unreachable"
     description = "The proxy could not complete the exchange with the upstream API."
+
+
+class UpstreamTLSError(ProxyError):
+    status = 502
+    code = "upstream_tls_error"
+    description = (
+        "The upstream API's TLS certificate could not be verified, so nothing was sent. Behind "
+        "a TLS-inspecting proxy, set ca_file to its CA certificate."
+    )
 
 
 class UpstreamTimeout(ProxyError):

@@ -1,4 +1,21 @@
-"""Run aiohttp apps until SIGTERM/SIGINT, announcing the address each really listens on."""
+"""Run aiohttp apps until SIGTERM/SIGINT, announcing the address each really listens on.
+
+An app that sets ``CONNECTION_LIMITS`` (the proxy) is served with connection-level guards,
+applied before any request reaches the middleware:
+
+- per-address connection cap: an address holding ``max_connections_per_client`` connections
+  has further ones closed as soon as they are accepted; other addresses are unaffected;
+- request-head deadline: the whole request head (request line and headers) must arrive within
+  ``request_header_timeout`` of the connection being accepted or, on a kept-alive connection,
+  of the first byte of the next request, else the connection is closed (slowloris);
+- parser bounds: request line, header field size and header count; an oversized or
+  malformed head gets the proxy's JSON error (431 or 400) instead of aiohttp's text page,
+  and is logged without the offending bytes (they may hold a credential).
+
+aiohttp has no setting for a request-head deadline, so ``GuardedRequestHandler`` subclasses
+its protocol and reads a few of its private attributes (``_waiter``, ``_request_count``):
+pyproject pins the aiohttp minor version it is tested with.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +28,229 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.http import SERVER_SOFTWARE, HttpProcessingError
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.errors import BadRequest, HeadTooLarge, ProxyError, error_response
+from proxy.middleware import request_id_for
+
+log = structlog.get_logger("proxy.serve")
+
+SERVER_NAME = "aspose-proxy"  # the proxy's own answers name no versions
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Connection-level bounds for an app: ``create_app`` sets them, ``start_server`` applies."""
+
+    request_header_timeout: float = 10.0
+    max_connections_per_client: int = 256
+    # aiohttp's parser bounds. There is no bound on a whole head, so it is at most
+    # max_headers * max_field_size (1.6 MB; Go's net/http allows 1 MB).
+    max_line_size: int = 8190  # the request line (nginx: 8 KiB)
+    max_field_size: int = 16384  # one header field, name and value
+    max_headers: int = 100
+    # An idle kept-alive connection is closed after this long (nginx's keepalive_timeout);
+    # aiohttp's default is an hour.
+    idle_timeout: float = 75.0
+
+
+CONNECTION_LIMITS = web.AppKey("connection_limits", ConnectionLimits)
+
+
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the proxy's own answers say ``Server: aspose-proxy``.
+
+    aiohttp has just set its default (``Python/3.x aiohttp/3.y``) if the response had no
+    ``Server``; a forwarded response carries upstream's own value (a different object), kept.
+    """
+    headers = response.headers
+    if headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+        headers[hdrs.SERVER] = SERVER_NAME
+
+
+class ClientConnections:
+    """How many connections each client address holds; refuses those beyond the cap."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._counts: dict[str, int] = {}
+        self._at_cap: set[str] = set()  # warned about once until it drops below the cap
+
+    def admit(self, address: str) -> bool:
+        count = self._counts.get(address, 0)
+        if count >= self._limit:
+            if address not in self._at_cap:
+                self._at_cap.add(address)
+                log.warning(
+                    "client at max_connections_per_client: closing its new connections",
+                    client_address=address,
+                    limit=self._limit,
+                )
+            return False
+        self._counts[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._counts.pop(address, 1) - 1
+        if count > 0:
+            self._counts[address] = count
+        self._at_cap.discard(address)
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol with the per-address cap and the request-head deadline.
+
+    The head timer costs one ``call_at`` per connection and one per request head that does
+    not arrive in a single read; a head that arrives whole (the usual case) arms nothing.
+    """
+
+    __slots__ = (
+        "_address",
+        "_clients",
+        "_head_timeout",
+        "_head_timer",
+        "_heads_at_arm",
+        "_limits",
+    )
+
+    def __init__(
+        self, manager: _GuardedServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._clients = manager.clients
+        self._limits = manager.limits
+        self._head_timeout = manager.limits.request_header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._heads_at_arm = 0
+        self._address: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):  # a unix socket has no address to count
+            if not self._clients.admit(peer[0]):
+                self.force_close()
+                return
+            self._address = peer[0]
+        self._arm_head_timer()  # a client that connects and sends nothing runs out too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._address is not None:
+            self._clients.release(self._address)
+            self._address = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        timer = self._head_timer
+        if timer is not None:
+            super().data_received(data)
+            if self._request_count != self._heads_at_arm:  # the head is complete
+                timer.cancel()
+                self._head_timer = None
+            return
+        # start() waits for the next request: these bytes begin its head. When they do not
+        # complete it, its deadline starts now. (While a request is being handled, bytes
+        # may be its body; a head pipelined behind it is bounded by idle_timeout.)
+        waiter = self._waiter
+        super().data_received(data)
+        if waiter is not None and not waiter.done():
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._heads_at_arm = self._request_count
+        loop = self._loop
+        self._head_timer = loop.call_at(loop.time() + self._head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._request_count == self._heads_at_arm and self.transport is not None:
+            log.info(
+                "request head not received within request_header_timeout; closing",
+                client_address=self._address,
+            )
+            self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse gets the proxy's JSON error, logged without the
+        offending bytes (aiohttp's page and log line quote them; they may be a credential)."""
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        error: ProxyError
+        if isinstance(exc, LineTooLong) or exc.message == "Too many headers received":
+            limits = self._limits
+            error = HeadTooLarge(
+                f"The request line may have up to {limits.max_line_size} bytes, a header field "
+                f"up to {limits.max_field_size} bytes, and there may be {limits.max_headers} "
+                "header fields at most."
+            )
+        else:
+            error = BadRequest("The request is not valid HTTP/1.1.")
+        request_id = request_id_for(request)
+        log.info(
+            "unparsable request",
+            request_id=request_id,
+            status=error.status,
+            error=error.code,
+            cause=type(exc).__name__,
+            client_address=self._address,
+        )
+        response = error_response(error, request_id)
+        response.headers[hdrs.SERVER] = SERVER_NAME
+        response.force_close()
+        return response
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's connection manager, making ``GuardedRequestHandler`` protocols."""
+
+    def __init__(self, plain: web.Server, limits: ConnectionLimits) -> None:
+        # The plain server's handler, request factory and protocol options, as the app set them.
+        super().__init__(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            **plain._kwargs,
+        )
+        self.limits = limits
+        self.clients = ClientConnections(limits.max_connections_per_client)
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _GuardedRunner(web.AppRunner):
+    """An ``AppRunner`` whose server applies ``ConnectionLimits``."""
+
+    __slots__ = ("_limits",)
+
+    def __init__(self, app: web.Application, limits: ConnectionLimits, **options: Any) -> None:
+        super().__init__(
+            app,
+            max_line_size=limits.max_line_size,
+            max_field_size=limits.max_field_size,
+            max_headers=limits.max_headers,
+            keepalive_timeout=limits.idle_timeout,
+            **options,
+        )
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # starts the app, merges its handler_args
+        return _GuardedServer(plain, self._limits)
 
 
 @dataclass
@@ -27,17 +266,29 @@ class Server:
 
 
 async def start_server(
-    app: web.Application, host: str, port: int, *, shutdown_grace: float = 30.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_grace: float = 30.0,
+    reuse_port: bool = False,
 ) -> Server:
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=shutdown_grace,
-        handler_cancellation=True,  # a client that goes away cancels its upstream work
+    """Listen on ``host:port``; ``reuse_port`` lets the workers of ``run --workers N`` share it.
+
+    The app's ``CONNECTION_LIMITS``, when set, are applied to every connection.
+    """
+    options: dict[str, Any] = {
+        "handle_signals": False,
+        "access_log": None,
+        "shutdown_timeout": shutdown_grace,
+        "handler_cancellation": True,  # a client that goes away cancels its upstream work
+    }
+    limits = app.get(CONNECTION_LIMITS)
+    runner = (
+        web.AppRunner(app, **options) if limits is None else _GuardedRunner(app, limits, **options)
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     # Everything alive now lives as long as the server: keep it out of the cyclic GC's full
     # scans, which otherwise pause the loop for milliseconds (p99 went from ~35 to ~13 ms).

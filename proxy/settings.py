@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     )
     upstream_url: str = Field("https://api.aspose.cloud", description="where requests go")
     token_url: str = Field("", description="token endpoint (default {upstream_url}/connect/token)")
+    ca_file: Path | None = Field(
+        None, description="PEM CA certificates trusted for upstream TLS besides the system's"
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, description="port to listen on, 0 picks a free one")
     upstream_timeout: float = Field(
@@ -77,6 +81,12 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(None, description="where spilled bodies go (system temp dir)")
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
+    )
+    request_header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to send a whole request head"
+    )
+    max_connections_per_client: int = Field(
+        256, ge=1, description="simultaneous connections one client address may hold"
     )
     workers: int = Field(
         1, ge=0, le=256, description="processes sharing the port (SO_REUSEPORT); 0 = one per CPU"
@@ -218,6 +228,19 @@ class Settings(BaseSettings):
             if not name or not key.get_secret_value():
                 raise ValueError("every access key needs a non-empty name and key")
         return keys
+
+    @field_validator("ca_file")
+    @classmethod
+    def _loadable_ca_file(cls, path: Path | None) -> Path | None:
+        """Read once here so that a bad file stops start-up (exit 2), not the first request."""
+        if path is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=path)
+            except ssl.SSLError:  # an OSError too: caught first
+                raise ValueError(f"{path} holds no PEM CA certificate") from None
+            except OSError as exc:
+                raise ValueError(f"cannot read {path} ({exc.strerror or exc})") from None
+        return path
 
     @field_validator("upstream_url", "token_url")
     @classmethod

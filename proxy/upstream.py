@@ -2,32 +2,82 @@
 
 The session never follows redirects (the token must not go to another host), never
 decompresses, stores no cookies and adds no header the client did not send.
+
+Both sessions (API and token endpoint) share one ``Egress``: TLS is always verified, against
+the system's CAs plus ``ca_file``; ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` are read once
+at start-up (aiohttp's ``trust_env`` looks them up, and reads ``~/.netrc``, on every request).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import aiohttp
+import structlog
 from yarl import URL
 
-from proxy.errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ProxyError, UpstreamTimeout, UpstreamTLSError, UpstreamUnreachable
 from proxy.settings import Settings
+
+log = structlog.get_logger("proxy.upstream")
 
 # aiohttp's client adds these on its own unless told not to.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
-def create_session(settings: Settings) -> aiohttp.ClientSession:
+def egress_proxy_for(url: str, proxies: Mapping[str, str] | None = None) -> URL | None:
+    """The forward proxy for ``url`` from ``*_PROXY`` / ``NO_PROXY`` (urllib's reading of
+    them: lowercase first, ``NO_PROXY`` host names, domain suffixes or ``*``), or None."""
+    target = URL(url)
+    proxies = urllib.request.getproxies() if proxies is None else proxies
+    proxy = proxies.get(target.scheme or "")
+    if not proxy or not target.raw_host:
+        return None
+    if urllib.request.proxy_bypass(f"{target.raw_host}:{target.port}"):
+        return None
+    return URL(proxy if "://" in proxy else f"http://{proxy}")
+
+
+@dataclass(frozen=True)
+class Egress:
+    """TLS trust and forward proxies for the API and the token endpoint, resolved once."""
+
+    tls: ssl.SSLContext
+    api_proxy: URL | None
+    token_proxy: URL | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Egress:
+        # Verification is always on: the system's CAs, plus ca_file (a TLS-inspecting proxy).
+        tls = ssl.create_default_context()
+        if settings.ca_file is not None:
+            tls.load_verify_locations(cafile=settings.ca_file)
+        egress = cls(
+            tls, egress_proxy_for(settings.upstream_url), egress_proxy_for(settings.token_url)
+        )
+        for target, proxy in (("api", egress.api_proxy), ("token endpoint", egress.token_proxy)):
+            if proxy is not None:  # without its credentials, if the URL has any
+                log.info("egress proxy", target=target, proxy=str(proxy.with_user(None)))
+        return egress
+
+
+def create_session(settings: Settings, egress: Egress) -> aiohttp.ClientSession:
     """The pooled keep-alive session every forwarded request shares."""
     # An idle pooled connection is dropped after upstream_keepalive_timeout, well before a load
     # balancer's idle timeout (AWS ALB: 60 s) closes it under us (a stale connection).
     connector = aiohttp.TCPConnector(
-        limit=1024, ttl_dns_cache=300, keepalive_timeout=settings.upstream_keepalive_timeout
+        limit=1024,
+        ttl_dns_cache=300,
+        keepalive_timeout=settings.upstream_keepalive_timeout,
+        ssl=egress.tls,
     )
     session = aiohttp.ClientSession(
         connector=connector,
+        proxy=egress.api_proxy,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=SKIP_AUTO_HEADERS,
@@ -44,6 +94,15 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     # request reaches upstream at most twice. aiohttp has no public switch for this.
     session._retry_connection = False
     return session
+
+
+def create_token_session(egress: Egress) -> aiohttp.ClientSession:
+    """The token endpoint's session: same TLS trust, its own egress proxy, no cookies."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=egress.tls),
+        proxy=egress.token_proxy,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 class UpstreamTarget:
@@ -80,8 +139,22 @@ def is_stale_connection(exc: BaseException) -> bool:
     )
 
 
+def describe_tls_error(exc: aiohttp.ClientSSLError) -> str:
+    """What failed in the TLS handshake, e.g. ``certificate verify failed: self-signed
+    certificate in certificate chain`` (OpenSSL's words; no secrets in them)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", None) or getattr(cert_error, "reason", "")
+        return f"certificate verify failed: {reason}" if reason else "certificate verify failed"
+    return str(getattr(exc.os_error, "reason", None) or "TLS handshake failed")
+
+
 def map_client_error(exc: BaseException, phase: str) -> ProxyError:
     """One place that turns client-side failures into the proxy's errors."""
+    if isinstance(exc, aiohttp.ClientSSLError):  # fails closed: nothing was sent
+        return UpstreamTLSError(
+            f"TLS verification of the upstream API failed ({describe_tls_error(exc)})."
+        )
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return UpstreamUnreachable(f"Cannot connect to the upstream API ({phase}).")
     if isinstance(exc, TimeoutError):
