@@ -24,8 +24,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    instruments = request.app[METRICS]
+    response = web.Response(
+        body=instruments.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+    if instruments.per_worker:
+        # A scraper's kept-alive connection would stay with one worker for ever; a new
+        # connection per scrape lands on any of them (SO_REUSEPORT hashes the source port).
+        response.force_close()
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -20,6 +20,7 @@ class Metrics:
         # `labels` (a worker's pid) are added to every sample when it is rendered, not per
         # request: the workers of `run --workers N` each answer /metrics for themselves.
         self._exposed = self.registry
+        self.per_worker = bool(labels)
         if labels:
             self._exposed = CollectorRegistry(auto_describe=False)
             self._exposed.register(_Labelled(self.registry, dict(labels)))

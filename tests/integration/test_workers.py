@@ -144,15 +144,32 @@ async def test_metrics_are_per_worker_and_carry_its_pid(
     assert await wait_for(lambda: len(running.workers()) == 2)
     pids = {str(w.pid) for w in running.workers()}
     seen: set[str] = set()
-    for _ in range(40):
-        status, _, body = await running.get("/metrics")
-        assert status == 200
-        found = set(re.findall(r'aspose_proxy_requests_total\{pid="(\d+)"', body.decode()))
-        assert len(found) <= 1  # one worker's own series per scrape
-        seen |= found
-        if seen == pids:
-            break
+    # One kept-alive session, as a Prometheus scraper has: /metrics closes the connection, so
+    # the scrapes still reach every worker.
+    async with aiohttp.ClientSession() as scraper:
+        for _ in range(40):
+            async with scraper.get(running.url + "/metrics") as response:
+                assert response.status == 200
+                body = await response.text()
+            found = set(re.findall(r'aspose_proxy_requests_total\{pid="(\d+)"', body))
+            assert len(found) <= 1  # one worker's own series per scrape
+            seen |= found
+            if seen == pids:
+                break
     assert seen == pids
+
+
+async def test_an_unknown_variable_is_warned_about_once_not_per_worker(
+    start_workers: Callable[..., Any], sandbox: RunningSandbox
+) -> None:
+    env = proxy_env(sandbox, ASPOSE_PROXY_UPSTREAM_TIMEOUTT="3")
+    running = await start_workers("--workers", "2", env=env)
+    assert await wait_for(lambda: running.log.count('"event": "proxy started"') == 3)
+    warnings = [line for line in running.log.splitlines() if "unknown environment variable" in line]
+    assert len(warnings) == 1, warnings
+    assert '"name": "ASPOSE_PROXY_UPSTREAM_TIMEOUTT"' in warnings[0]
+    assert '"did_you_mean": "ASPOSE_PROXY_UPSTREAM_TIMEOUT"' in warnings[0]
+    assert '"level": "warning"' in warnings[0]
 
 
 async def test_workers_share_the_token_schedule_file(
