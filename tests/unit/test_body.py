@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import sys
@@ -13,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import StreamReader
 
-from proxy.body import RequestBody
-from proxy.errors import BodyTooLarge
+from proxy.body import RequestBody, TeeBody
+from proxy.errors import BodyTooLarge, InsufficientStorage
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -209,3 +210,107 @@ async def test_close_is_idempotent(spool: Path) -> None:
     in_memory.close()
     in_memory.close()
     assert in_memory.in_memory == b"abc"
+
+
+# TeeBody: sent upstream while it arrives, copied to the spool for a replay (issue 11).
+
+
+async def open_tee(stream: StreamReader, spool: Path | None) -> TeeBody:
+    return await TeeBody.open(stream, spool_dir=spool)
+
+
+async def drain(body: TeeBody) -> bytes:
+    return b"".join([chunk async for chunk in body.stream()])
+
+
+@needs_proc
+async def test_tee_yields_the_body_as_it_arrives_and_keeps_a_whole_copy(spool: Path) -> None:
+    data = payload(3 * MiB + 17)
+    stream = stream_of([], eof=False)
+    body = await open_tee(stream, spool)
+    try:
+        assert len(open_files_in(spool)) == 1 and os.listdir(spool) == []
+        sent = body.stream()
+        stream.feed_data(data[:1000])
+        # The first chunk is handed on before the rest of the body exists.
+        assert await asyncio.wait_for(sent.__anext__(), 1) == data[:1000]
+        for part in split(data[1000:], 70_000):
+            stream.feed_data(part)
+        stream.feed_eof()
+        rest = b"".join([chunk async for chunk in sent])
+        assert data[:1000] + rest == data
+        assert body.size == len(data)
+        assert await collect(body) == data  # the replay copy
+        assert await collect(body) == data
+    finally:
+        body.close()
+    assert open_files_in(spool) == []
+
+
+async def test_tee_finish_completes_the_copy_after_the_first_send_stopped_early(
+    spool: Path,
+) -> None:
+    """A 401 (or a stale connection) ends the first send while the client still uploads."""
+    data = payload(5 * MiB)
+    parts = split(data, 64 * KiB)
+    stream = stream_of(parts[:20], eof=False)
+    body = await open_tee(stream, spool)
+    sender = asyncio.create_task(drain(body))
+    await asyncio.sleep(0.05)
+    sender.cancel()  # what releasing the first response does to aiohttp's body writer
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    for part in parts[20:]:
+        stream.feed_data(part)
+    stream.feed_eof()
+    try:
+        await body.finish()
+        assert body.size == len(data)
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+async def test_tee_finish_after_a_complete_first_send_reads_nothing_more(spool: Path) -> None:
+    data = payload(2 * MiB)
+    body = await open_tee(stream_of(split(data, 100_000)), spool)
+    try:
+        assert await drain(body) == data
+        await body.finish()
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+async def test_tee_missing_spool_dir_fails_before_anything_is_sent(tmp_path: Path) -> None:
+    with pytest.raises(InsufficientStorage) as caught:
+        await open_tee(stream_of([b"x"]), tmp_path / "gone")
+    assert caught.value.status == 507
+    assert str(tmp_path) not in caught.value.message  # local paths go to the log only
+
+
+async def test_tee_spool_write_failure_stops_the_first_send(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = await open_tee(stream_of(split(payload(4 * MiB), 64 * KiB)), spool)
+
+    def full(data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert body._file is not None
+    monkeypatch.setattr(body._file, "write", full)
+    try:
+        with pytest.raises(InsufficientStorage):
+            await drain(body)
+        assert isinstance(body.failure, InsufficientStorage)
+        with pytest.raises(InsufficientStorage):
+            await body.finish()  # no replay from a broken copy
+    finally:
+        body.close()
+
+
+async def test_read_spool_failure_gives_insufficient_storage(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    with pytest.raises(InsufficientStorage):
+        await read(stream_of(split(payload(MiB), 64 * KiB)), not_a_dir, memory_limit=KiB)
