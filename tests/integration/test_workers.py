@@ -252,8 +252,13 @@ async def test_sighup_is_passed_on_to_every_worker(
 ) -> None:
     running = await start_workers("--workers", "2")
     assert await wait_for(lambda: len(running.workers()) == 2)
+    pids = {w.pid for w in running.workers()}
     running.process.send_signal(signal.SIGHUP)
     assert await wait_for(lambda: '"signal": "SIGHUP", "workers": 2' in running.log)
+    # Each worker reloads its settings (proxy/reload.py) and keeps running.
+    assert await wait_for(lambda: running.log.count('"event": "settings reloaded"') == 2)
+    assert {w.pid for w in running.workers()} == pids
+    assert "worker died" not in running.log
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(
