@@ -238,3 +238,10 @@ def test_promtool_accepts_the_rules() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_readme_documents_every_metric_family() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in sorted(exported_names()):
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert f"`{family}`" in readme, family
