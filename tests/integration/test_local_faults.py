@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import re
+import resource
 import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory
@@ -51,3 +60,115 @@ async def test_spool_dir_removed_after_start_gives_507_and_small_bodies_still_pa
     async with proxy.client.put(proxy.url + ECHO, data=big) as response:
         assert response.status == 200
         assert (await response.json())["body_sha256"] == hashlib.sha256(big).hexdigest()
+
+
+async def test_spool_dir_that_is_not_a_writable_directory_gives_507(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path, logs: LogCapture
+) -> None:
+    """Unwritable: a path the proxy cannot create files in (tests run as root, so a file
+    stands in for a directory without write permission)."""
+    spool = tmp_path / "not-a-dir"
+    spool.write_bytes(b"")
+    proxy = await proxy_factory(body_memory_limit=64 * 1024, spool_dir=spool)
+    before = (await sandbox.stats())["api_requests"]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"c" * 100_000
+
+    async with proxy.client.put(proxy.url + STORED, data=b"x" * (2 * MiB)) as response:
+        assert response.status == 507
+        assert await error_code(response) == "insufficient_storage"
+    async with proxy.client.put(proxy.url + STORED, data=chunked()) as response:
+        assert response.status == 507
+    assert (await sandbox.stats())["api_requests"] == before
+    assert "not a directory" in logs.events("cannot spool the request body")[0]
+    async with proxy.client.put(proxy.url + ECHO, data=b"s" * 1000) as response:
+        assert response.status == 200
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        # Python ignores SIGXFSZ already; say so anyway: a write past the limit must raise
+        # EFBIG instead of killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return apply
+
+
+async def test_full_spool_mid_upload_gives_507_aborts_upstream_and_the_proxy_stays_up(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A full disk, simulated without privileges: the proxy runs with a 2 MiB file size limit
+    (RLIMIT_FSIZE), so spool writes past 2 MiB fail with EFBIG, as ENOSPC would."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = {
+        **os.environ,
+        "ASPOSE_PROXY_UPSTREAM_URL": sandbox.url,
+        "ASPOSE_PROXY_CLIENT_ID": "demo",
+        "ASPOSE_PROXY_CLIENT_SECRET": "demo-secret",
+        "ASPOSE_PROXY_PORT": "0",
+        "ASPOSE_PROXY_LOG_FORMAT": "json",
+        "ASPOSE_PROXY_SPOOL_DIR": str(spool),
+        "ASPOSE_PROXY_BODY_MEMORY_LIMIT": str(64 * 1024),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit_file_size(2 * MiB),
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        match = re.search(r"listening on (http://\S+)", line)
+        assert match, line
+        url = match.group(1)
+        folder = sandbox.data_dir / "First Storage" / "local-faults"
+        async with aiohttp.ClientSession() as client:
+            for _ in range(100):
+                async with client.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            # Streamed upstream as it arrives: the copy fails at 2 MiB, upstream is cut off
+            # short of Content-Length and never completes the upload.
+            async with client.put(url + STORED, data=b"x" * (8 * MiB)) as response:
+                assert response.status == 507
+                assert await error_code(response) == "insufficient_storage"
+            # Chunked: buffered first, so nothing at all goes upstream.
+            before = (await sandbox.stats())["api_requests"]
+
+            async def chunked() -> AsyncIterator[bytes]:
+                for _ in range(40):
+                    yield b"c" * 100_000
+
+            async with client.put(url + STORED, data=chunked()) as response:
+                assert response.status == 507
+            assert (await sandbox.stats())["api_requests"] == before
+            # The sandbox stores an upload only once its body is whole; the cut one left
+            # nothing (its temp file goes once the sandbox sees the connection drop).
+            for _ in range(50):
+                if not any(folder.iterdir()):
+                    break
+                await asyncio.sleep(0.1)
+            assert list(folder.iterdir()) == []
+            # Bodies that fit (in memory, or spilled under the limit) still pass.
+            for size in (1000, MiB):
+                data = os.urandom(size)
+                async with client.put(url + ECHO, data=data) as response:
+                    assert response.status == 200
+                    assert (await response.json())["body_sha256"] == sha256(data)
+        assert process.returncode is None  # the proxy stayed up
+        assert os.listdir(spool) == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+    stderr = (await process.stderr.read()).decode()
+    spool_lines = [line for line in stderr.splitlines() if "cannot spool" in line]
+    assert spool_lines and "ulimit -f" in spool_lines[0] and str(spool) in spool_lines[0]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
