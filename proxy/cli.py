@@ -7,6 +7,8 @@ Logs go to stderr; a command's own output goes to stdout.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
 import time
@@ -33,8 +35,8 @@ from proxy.tokens import TokenFetchError, request_token
 
 EXIT_USAGE = 2
 # Settings that are never CLI flags: a secret on the command line is visible in `ps`.
-NOT_FLAGS = frozenset({"client_secret", "local_clients", "access_keys"})
-COMMANDS = ("run", "demo", "sandbox", "check", "config")
+NOT_FLAGS = frozenset({"client_secret", "local_clients", "access_keys", "usage_store_password"})
+COMMANDS = ("run", "demo", "sandbox", "check", "config", "usage")
 
 log = structlog.get_logger("proxy.cli")
 
@@ -122,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="print the effective settings and where each came from (secrets masked)"
     )
     _setting_flags(config)
+
+    usage = commands.add_parser(
+        "usage",
+        help="calls per client and product, and budgets, read from usage_store (the proxy "
+        "need not run)",
+    )
+    usage.add_argument("--period", choices=("day", "month"), default="day", help="UTC period")
+    usage.add_argument("--json", action="store_true", help="the /_proxy/usage JSON")
+    _setting_flags(usage)
     return parser
 
 
@@ -187,6 +198,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"aspose-proxy: warning: unknown variable {name} ignored{hint}", file=sys.stderr)
         print(render_config(loaded))
         return 0
+    if args.command == "usage":
+        return asyncio.run(_usage(settings, args.period, as_json=args.json))
     _require_credentials(settings)
     configure_logging(
         settings.log_format,
@@ -243,6 +256,27 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+async def _usage(settings: Settings, period: str, *, as_json: bool) -> int:
+    """``usage``: the report straight from the store, as a table or as the JSON."""
+    from proxy.usage.report import render_table, usage_report
+    from proxy.usage.store import open_store
+
+    if settings.usage_store == "off":
+        print("aspose-proxy: usage_store is off: no calls are kept", file=sys.stderr)
+        return 1
+    store = open_store(settings.usage_store, settings.usage_store_password, create=False)
+    try:
+        await store.open()
+        report = await usage_report(period, store.rows, settings.budgets)
+    except Exception as exc:
+        print(f"aspose-proxy: cannot read {store.description} ({exc})", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    print(json.dumps(report, indent=2) if as_json else render_table(report))
+    return 0
 
 
 async def _check(settings: Settings) -> int:

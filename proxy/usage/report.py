@@ -61,7 +61,8 @@ async def usage_report(
 
 def render_table(report: dict[str, Any]) -> str:
     """The report as aligned plain-text tables, for a terminal."""
-    lines = [f"Calls this {report['period']} (since {report['since']})", ""]
+    when = "today" if report["period"] == "day" else "this month"
+    lines = [f"Calls {when} (since {report['since']}, UTC)", ""]
     header = ("client", "product", "kind", "calls", "errors")
     body = [tuple(str(row[c]) for c in header) for row in report["rows"]]
     if body:

@@ -97,14 +97,14 @@ class MemoryStore:
         pass
 
 
-def open_store(url: str, password: SecretStr | None = None) -> UsageStore:
-    """The store for a ``usage_store`` URL, not yet opened."""
+def open_store(url: str, password: SecretStr | None = None, *, create: bool = True) -> UsageStore:
+    """The store for a ``usage_store`` URL, not yet opened (``create``: make a missing file)."""
     if url == OFF:
         return MemoryStore()
     if url.startswith("sqlite://"):
         from proxy.usage.sqlite import SqliteStore
 
-        return SqliteStore(sqlite_path(url))
+        return SqliteStore(sqlite_path(url), create=create)
     from proxy.usage.redis import RedisStore
 
     return RedisStore(url, password)
