@@ -13,7 +13,6 @@ supervisor and all its workers).
     .venv/bin/python bench/workers.py --duration 5 --repeat 1  # a quick look
 """
 
-# ruff: noqa: S603  (bench: runs our own proxy and upstream)
 from __future__ import annotations
 
 import argparse
@@ -176,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
     print()
-    print(
-        f"medians of {args.repeat} run(s) x {args.duration}s; no pinning; log level {args.log_level}"
-    )
+    print(f"medians of {args.repeat} run(s) x {args.duration}s; no pinning; log {args.log_level}")
     print(
         table(
             [
@@ -208,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 for s in summary
             ],
-        )  # fmt: skip
+        )
     )
     path = write_results(
         "workers",
