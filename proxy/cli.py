@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 from pydantic import SecretStr
 
@@ -280,7 +279,10 @@ async def _usage(settings: Settings, period: str, *, as_json: bool) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    async with aiohttp.ClientSession() as session:
+    from proxy.upstream import Egress, create_token_session
+
+    # The same TLS trust (ca_file) and egress proxy as the running proxy's token fetches.
+    async with create_token_session(Egress.from_settings(settings)) as session:
         try:
             answer = await request_token(session, settings)
         except TokenFetchError as exc:
