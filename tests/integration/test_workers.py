@@ -182,6 +182,22 @@ async def test_workers_share_the_token_schedule_file(
     assert "ASPOSE_PROXY_TOKEN_STATE_FILE" not in os.environ  # set for the workers only
 
 
+async def test_workers_do_not_multiply_token_requests_for_a_rejected_secret(
+    start_workers: Callable[..., Any], sandbox: RunningSandbox
+) -> None:
+    env = proxy_env(sandbox, ASPOSE_PROXY_CLIENT_SECRET="a-rotated-away-secret")
+    running = await start_workers("--workers", "3", env=env)
+    assert await wait_for(lambda: len(running.workers()) == 3)
+    assert await wait_for(lambda: running.log.count('"event": "proxy started"') == 4)
+    await asyncio.sleep(2)  # time for every worker to try, if it were going to
+    for _ in range(6):
+        status, _, _ = await running.get("/v4.0/sandbox/bytes?size=10")
+        assert status == 503
+    # The untried secret is tried once for all workers (the shared token schedule); a
+    # rejected one is not tried again at once by any of them.
+    assert (await sandbox.stats())["token_requests"] == 1
+
+
 async def test_a_local_token_from_one_worker_is_accepted_by_the_others(
     start_workers: Callable[..., Any], sandbox: RunningSandbox
 ) -> None:
