@@ -314,3 +314,30 @@ async def test_read_spool_failure_gives_insufficient_storage(tmp_path: Path) -> 
     not_a_dir.write_bytes(b"")
     with pytest.raises(InsufficientStorage):
         await read(stream_of(split(payload(MiB), 64 * KiB)), not_a_dir, memory_limit=KiB)
+
+
+async def test_tee_finish_waits_for_the_cancelled_first_send_to_let_go_of_the_stream(
+    spool: Path,
+) -> None:
+    """Releasing a 401 cancels aiohttp's body writer, but the cancellation lands a loop turn
+    later: reading the client stream before then would race the writer for it."""
+    data = payload(MiB)
+    stream = stream_of([data[:1000]], eof=False)
+    body = await open_tee(stream, spool)
+    sender = asyncio.create_task(drain(body))
+    await asyncio.sleep(0.01)  # the writer now waits in readany() for more of the body
+    sender.cancel()  # ... and finish() is called before the cancellation has landed
+
+    async def rest() -> None:
+        await asyncio.sleep(0.01)
+        stream.feed_data(data[1000:])
+        stream.feed_eof()
+
+    feeder = asyncio.create_task(rest())
+    try:
+        async with asyncio.timeout(2):
+            await body.finish()  # in this task: wait_for's new task would hide the race
+        assert await collect(body) == data
+    finally:
+        await feeder
+        body.close()
