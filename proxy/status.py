@@ -175,9 +175,10 @@ def _budgets_html(budgets: list[dict[str, Any]]) -> str:
                 escape(budget["period"]),
                 bar,
                 f"{budget['used']} / {budget['calls']}",
+                f"{share:.0%}",
             )
         )
-    return _table(("client", "product", "period", "", "used"), rows, numeric=4)
+    return _table(("client", "product", "period", "", "used", ""), rows, numeric=4, wide=3)
 
 
 def _calls_html(rows: list[dict[str, Any]]) -> str:
@@ -202,13 +203,15 @@ def _table(
     rows: Iterable[tuple[str, ...]],
     *,
     numeric: int = 99,
+    wide: int = -1,
     show_header: bool = True,
 ) -> str:
-    """Cells are HTML already (escaped by the caller); columns from ``numeric`` on align right."""
+    """Cells are HTML already (escaped by the caller); columns from ``numeric`` on align right,
+    column ``wide`` takes the room left."""
 
     def cells(tag: str, values: tuple[str, ...]) -> str:
         return "".join(
-            f'<{tag} class="n">{v}</{tag}>' if i >= numeric else f"<{tag}>{v}</{tag}>"
+            f'<{tag} class="{"n" if i >= numeric else "wide" if i == wide else ""}">{v}</{tag}>'
             for i, v in enumerate(values)
         )
 
