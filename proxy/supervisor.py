@@ -111,8 +111,10 @@ def hold_port(host: str, port: int) -> socket.socket:
     return holder
 
 
-def follow_parent(parent_pid: int) -> None:
+def follow_parent(parent_pid: int | None) -> None:
     """In a worker: get SIGTERM (and drain) when the supervisor dies, even by SIGKILL."""
+    if parent_pid is None:
+        return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -221,16 +223,21 @@ class Supervisor:
     async def _keep(self, slot: _Slot) -> None:
         """Run a worker in ``slot``; replace it when it dies, until we stop."""
         while not self._stopping.is_set():
-            process = await self._start(slot)
+            try:
+                process = await self._start(slot)
+            except OSError as exc:  # no memory, no file descriptors, no process slots
+                log.error("cannot start a worker", worker=slot.index, reason=str(exc))
+                if self._give_up_at_start_up():
+                    return
+                await self._pause(RESTART_PAUSE_CAP)
+                continue
             code = await process.wait()
             if self._stopping.is_set():
                 return
             lived = time.monotonic() - slot.started_at
-            if not self._announced:
+            if self._give_up_at_start_up():
                 # It never served (bad settings, port trouble): retrying at start-up would spin.
                 log.error("worker exited at start-up", worker=slot.index, exit_code=code)
-                self._failed = True
-                self._stopping.set()
                 return
             slot.deaths_in_a_row = slot.deaths_in_a_row + 1 if lived < YOUNG else 0
             pause = min(RESTART_PAUSE_CAP, RESTART_PAUSE * 2**slot.deaths_in_a_row)
@@ -243,9 +250,21 @@ class Supervisor:
                 lived_seconds=round(lived, 1),
                 replace_in=pause,
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._stopping.wait()
+            await self._pause(pause)
+
+    def _give_up_at_start_up(self) -> bool:
+        """Before the URL was announced, one failed worker fails the start (exit 1)."""
+        if self._announced:
+            return False
+        self._failed = True
+        self._stopping.set()
+        return True
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when we are told to stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def _start(self, slot: _Slot) -> asyncio.subprocess.Process:
         command = [
@@ -315,6 +334,10 @@ class Supervisor:
 
     async def _drain(self, keepers: list[asyncio.Task[None]], code: int) -> int:
         """SIGTERM every worker, wait for them (shutdown grace + margin), kill stragglers."""
+        # First: no keeper may start a replacement after the worker list is taken.
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
         live = self._live()
         log.info(
             "stopping: workers finish in-flight requests",
@@ -337,9 +360,6 @@ class Supervisor:
                 code = code or 1
             if process.returncode not in (0, None):
                 code = code or 1
-        for keeper in keepers:
-            keeper.cancel()
-        await asyncio.gather(*keepers, return_exceptions=True)
         with contextlib.suppress(TimeoutError):  # the workers' last log lines
             async with asyncio.timeout(5):
                 await asyncio.gather(*self._pipes, return_exceptions=True)
