@@ -7,12 +7,14 @@ stranger, and one with it a neighbour.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory
+from tests.integration.rawhttp import open_to, read_head
 
 ELSEWHERE = ["10.0.0.0/8"]
 FORM = {"grant_type": "client_credentials", "client_id": "a", "client_secret": "b"}
@@ -106,3 +108,22 @@ async def test_non_loopback_bind_with_default_allow_from_logs_what_to_set(
     await proxy_factory(host="0.0.0.0", allow_from=["10.0.0.0/8"])
     await proxy_factory()
     assert "allow_from" not in logs.text
+
+
+async def test_refused_upload_gets_no_100_continue(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    proxy = await proxy_factory(allow_from=ELSEWHERE)
+    reader, writer = await open_to(proxy.url)
+    try:
+        writer.write(
+            b"PUT /v4.0/words/storage/file/a.docx HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        status, headers = await asyncio.wait_for(read_head(reader), 5)
+    finally:
+        writer.close()
+    assert status == 403  # the refusal itself, not "100 Continue" first
+    assert ("X-Proxy-Error", "address_not_allowed") in headers
+    assert (await sandbox.stats())["api_requests"] == 0
