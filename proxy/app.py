@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from proxy import health, local_tokens, reload
+from aiohttp.typedefs import Handler
+
+from proxy import health, local_tokens, reload, status
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
 from proxy.credentials import Credentials, CredentialsSource
 from proxy.errors import ProxyError
@@ -25,9 +27,12 @@ from proxy.settings import Settings
 from proxy.token_schedule import shared_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
 from proxy.upstream import Egress, create_session, create_token_session
+from proxy.usage.gate import USAGE, Usage
 
 SETTINGS = web.AppKey("settings", Settings)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+# The forwarding route's handler: the forwarder inside the usage gate (proxy/usage/gate.py).
+FORWARD: web.AppKey[Handler] = web.AppKey("forward")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
 
 log = structlog.get_logger("proxy.app")
@@ -51,6 +56,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RELOAD_HOOKS].append(credentials.reload)
     secret_watch = asyncio.create_task(credentials.watch(), name="secret-file-watch")
     app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS])
+    app[FORWARD] = app[USAGE].wrap(app[FORWARDER].handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
         yield
@@ -65,7 +71,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER].handle(request)
+    return await request.app[FORWARD](request)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -75,6 +81,8 @@ async def expect_continue(request: web.Request) -> None:
         request.app[GUARD](request)
     except ProxyError:
         return
+    if await request.app[USAGE].refuses(request):
+        return  # a spent budget: the handler answers 429 before any body is sent
     await request.app[FORWARDER].expect_continue(request)
 
 
@@ -112,6 +120,11 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):
         log.warning(warning)
+    usage = Usage(settings)
+    app[USAGE] = usage
+    metrics.watch_calls(lambda: usage.counter.totals)
+    app[RELOAD_HOOKS].append(usage.reload)
+    app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(name_server)
@@ -121,6 +134,7 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         max_connections_per_client=settings.max_connections_per_client,
     )
     health.add_routes(app)
+    status.add_routes(app, settings.upstream_url)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)

@@ -71,6 +71,9 @@ class MemoryLedger:
     async def seed(self, key: str, value: int, ttl: int) -> None:
         self._values.setdefault(key, value)
 
+    async def peek(self, keys: Sequence[str]) -> list[int]:
+        return [self._values.get(key, 0) for key in keys]
+
 
 class TokenBucket:
     """``rate`` tokens a second up to ``burst``; a call takes one (per process)."""
@@ -209,6 +212,16 @@ class Limits:
                     used=used,
                 )
         return tuple(keys)
+
+    async def spent(self, client: str, product: str) -> bool:
+        """Whether a budget for this call is already spent (changes nothing; for the
+        ``Expect: 100-continue`` answer, so a refused upload is not even sent)."""
+        pools = self.pools_for(client, product)
+        if not pools:
+            return False
+        now = self._clock()
+        used = await self.ledger.peek([self.key(budget, now)[0] for budget in pools])
+        return any(value >= budget.calls for value, budget in zip(used, pools, strict=True))
 
     def release(self, keys: tuple[str, ...]) -> None:
         """Give a reservation back (the request got no answer); never blocks the caller."""

@@ -64,6 +64,17 @@ class Usage:
 
         return accounted
 
+    async def refuses(self, request: web.Request) -> bool:
+        """Whether a budget for this request is already spent: then no ``100 Continue``."""
+        limits = self.limits
+        if not limits.budgets:
+            return False
+        product, _ = classify(request.raw_path)
+        try:
+            return await limits.spent(request.get(CLIENT_ID) or ANONYMOUS, product)
+        except Exception:
+            return False  # the handler's own check answers (503 when the store is down)
+
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
         limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)

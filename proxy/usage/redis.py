@@ -108,3 +108,7 @@ class RedisStore:
 
     async def seed(self, key: str, value: int, ttl: int) -> None:
         await self._client.set(PREFIX + key, value, ex=ttl, nx=True)
+
+    async def peek(self, keys: Sequence[str]) -> list[int]:
+        values: list[bytes | str | None] = await self._client.mget([PREFIX + k for k in keys])
+        return [int(v or 0) for v in values]

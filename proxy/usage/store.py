@@ -49,6 +49,10 @@ class Ledger(Protocol):
         """Start a counter at ``value`` (calls already counted) unless it exists."""
         ...
 
+    async def peek(self, keys: Sequence[str]) -> list[int]:
+        """The counters' values (0 for a missing one), changing nothing."""
+        ...
+
 
 class UsageStore(Protocol):
     """Where the counts live; ``add`` is called off the request path, in batches."""

@@ -246,3 +246,21 @@ async def test_metrics_count_calls_by_client_product_kind_and_status_class(
         'aspose_proxy_calls_total{client="anonymous",kind="api",product="cells",'
         'status_class="4xx"} 1.0' in text
     )
+
+
+async def test_a_spent_budget_gets_no_100_continue(proxy_factory: ProxyFactory) -> None:
+    budgets = [{"client": "*", "product": "words", "period": "day", "calls": 0}]
+    proxy = await proxy_factory(budgets=budgets)
+    reader, writer = await open_to(proxy.url)
+    try:
+        writer.write(
+            b"PUT /v4.0/words/storage/file/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status, headers = await read_head(reader)
+    finally:
+        writer.close()
+    assert status == 429  # straight away: no "100 Continue" invited the upload
+    assert dict(headers)["X-Proxy-Error"] == "budget_exhausted"

@@ -131,3 +131,15 @@ async def test_a_given_back_reservation_can_be_spent_again(new_store: StoreFacto
     limits.release(keys)
     await asyncio.sleep(0.05)  # the give-back runs in the background
     assert await limits.reserve("ci", "words") == keys
+
+
+async def test_a_spent_budget_is_seen_without_spending_anything(new_store: StoreFactory) -> None:
+    store = new_store()
+    await store.open()
+    limits = Limits([Budget(client="ci", product="words", calls=2)], [], store.ledger)
+    assert not await limits.spent("ci", "words")
+    await limits.reserve("ci", "words")
+    assert not await limits.spent("ci", "words")
+    await limits.reserve("ci", "words")
+    assert await limits.spent("ci", "words")
+    assert not await limits.spent("ci", "cells")  # no budget for it
