@@ -5,8 +5,10 @@ Each test pins one promise a newcomer relies on, so docs, CI and code cannot dri
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+from ruamel.yaml import YAML
 
 from proxy.cli import COMMANDS
 from proxy.demo import instructions
@@ -23,6 +30,26 @@ from proxy.settings import ENV_PREFIX, Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 EXAMPLE_CONFIG = ROOT / "config.example.toml"
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+LOCK = ROOT / "requirements.lock"
+CONTAINER_CHECK = ROOT / "deploy" / "container-check.sh"
+# The one command that makes requirements.lock (uv writes it into the lock's header, too).
+LOCK_COMMAND = (
+    "uv pip compile pyproject.toml --extra fast --universal --generate-hashes -o requirements.lock"
+)
+# issue 7: the image lets loopback and the private ranges in (container networks, pod neighbours).
+IMAGE_ALLOW_FROM = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+]
+STATE_DIR = "/var/lib/aspose-proxy"
+IMAGE_UID = "10001"
 
 INSTALL_AND_DEMO = (
     "python3 -m venv .venv && .venv/bin/pip install '.[fast]' && .venv/bin/aspose-proxy demo"
@@ -67,14 +94,216 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.strip().partition(" ") for line in joined.splitlines())
+        if word
+    ]
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """What the image's ENV instructions set (later ones win), unquoted as Docker does."""
+    env: dict[str, str] = {}
+    for instruction, args in _dockerfile_instructions():
+        if instruction == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(args))  # type: ignore[misc]
+    return env
+
+
 def test_dockerfile_runs_the_proxy_as_non_root_on_all_interfaces() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert re.search(r"^FROM python:3\.12-slim\b", dockerfile, re.M)
-    assert re.search(r"^USER (?!root|0\b)\S+", dockerfile, re.M)
-    assert "ASPOSE_PROXY_HOST=0.0.0.0" in dockerfile
-    assert "pip install --no-cache-dir '.[fast]'" in dockerfile
-    assert 'ENTRYPOINT ["aspose-proxy"]' in dockerfile
-    assert "/healthz" in dockerfile
+    instructions = _dockerfile_instructions()
+    users = [args for instruction, args in instructions if instruction == "USER"]
+    assert users == [f"{IMAGE_UID}:{IMAGE_UID}"]
+    assert _dockerfile_env()["ASPOSE_PROXY_HOST"] == "0.0.0.0"
+    assert ("ENTRYPOINT", '["aspose-proxy"]') in instructions
+    assert any(i == "HEALTHCHECK" and "/healthz" in args for i, args in instructions)
+
+
+def test_dockerfile_base_is_a_build_argument_for_every_stage() -> None:
+    """Users get the official image; CI passes its local one (deploy/container-check.sh)."""
+    instructions = _dockerfile_instructions()
+    first_from = next(i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM")
+    assert ("ARG", "PYTHON_IMAGE=python:3.12-slim") in instructions[:first_from]
+    froms = [args.split()[0] for instruction, args in instructions if instruction == "FROM"]
+    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    # Debian's python3 is /usr/bin/python3, the official image's /usr/local/bin/python3.
+    runs = " ".join(args for instruction, args in instructions if instruction == "RUN")
+    assert "python3 -m venv /opt/venv" in runs
+    assert "/usr/local/bin" not in runs
+
+
+def test_dockerfile_installs_the_locked_dependencies_with_hashes() -> None:
+    runs = [args for instruction, args in _dockerfile_instructions() if instruction == "RUN"]
+    locked = [r for r in runs if "-r requirements.lock" in r]
+    assert locked, "the image does not install from requirements.lock"
+    assert all("--require-hashes" in r and "--no-cache-dir" in r for r in locked)
+    # The package itself adds nothing unlocked, and the result is consistent.
+    project = [r for r in runs if re.search(r"pip install .*--no-deps \.(\s|$)", r)]
+    assert project and "--no-cache-dir" in project[0] and "pip check" in project[0]
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert not {"requirements.lock", "pyproject.toml", "proxy", "README.md"} & set(ignored)
+
+
+def test_dockerfile_settings_are_valid_and_open_to_the_private_ranges(
+    no_proxy_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image's ASPOSE_PROXY_* values load as settings (a typo there is a start-up error)."""
+    for name, value in _dockerfile_env().items():
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.setenv(name, value)
+    settings = load_settings({}).settings
+    allowed = {ipaddress.ip_network(cidr) for cidr in settings.allow_from}
+    assert allowed == {ipaddress.ip_network(cidr) for cidr in IMAGE_ALLOW_FROM}
+    assert settings.host == "0.0.0.0"
+    # The usage store lives in the state directory the image makes for its user.
+    assert settings.usage_store == f"sqlite://{STATE_DIR}/usage.db"
+    runs = " ".join(
+        args for instruction, args in _dockerfile_instructions() if instruction == "RUN"
+    )
+    assert f"install -d -o {IMAGE_UID} -g {IMAGE_UID} -m 0750 {STATE_DIR}" in runs
+
+
+def _compose() -> dict[str, object]:
+    loaded = YAML(typ="safe").load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_compose_publishes_the_proxy_on_loopback_only() -> None:
+    """issue 7: whoever reaches the proxy spends the account; never every interface."""
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    published = {
+        name: service.get("ports", []) for name, service in services.items() if "ports" in service
+    }
+    assert set(published) >= {"proxy", "proxy-demo"}
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str), f"{name}: write ports as 'IP:HOST:CONTAINER' strings"
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_keeps_the_state_directory_in_a_volume() -> None:
+    compose = _compose()
+    proxy = compose["services"]["proxy"]  # type: ignore[index]
+    assert f"proxy-state:{STATE_DIR}" in [v.split(" ")[0] for v in proxy["volumes"]]
+    assert "proxy-state" in compose["volumes"]  # type: ignore[operator]
+
+
+def test_env_example_names_every_compose_variable() -> None:
+    """Every ${VAR} the Compose file reads is in .env.example, and nothing else is."""
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text(encoding="utf-8")))
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    assigned = [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+    assert len(assigned) == len(set(assigned))
+    assert set(assigned) == used
+    assert ".env" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def _lock() -> dict[str, tuple[Version, Marker | None, list[str]]]:
+    """requirements.lock as {name: (version, marker, hashes)}."""
+    entries: dict[str, tuple[Version, Marker | None, list[str]]] = {}
+    for line in LOCK.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *hashes = line.split(" --hash=")
+        requirement = Requirement(spec)
+        pins = list(requirement.specifier)
+        assert len(pins) == 1 and pins[0].operator == "==", f"not pinned exactly: {spec}"
+        name = canonicalize_name(requirement.name)
+        assert name not in entries, f"{name} twice in the lock"
+        entries[name] = (Version(pins[0].version), requirement.marker, [h.strip() for h in hashes])
+    return entries
+
+
+def _project_requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = [*project["dependencies"], *project["optional-dependencies"]["fast"]]
+    return [Requirement(name) for name in names]
+
+
+def test_lock_pins_every_dependency_of_pyproject_and_fast() -> None:
+    """CI fails when pyproject.toml gains or tightens a dependency the lock does not satisfy."""
+    locked = _lock()
+    stale = []
+    for requirement in _project_requirements():
+        entry = locked.get(canonicalize_name(requirement.name))
+        if entry is None or not requirement.specifier.contains(entry[0], prereleases=True):
+            found = entry[0] if entry else "missing"
+            stale.append(f"{requirement} (lock: {found})")
+    assert not stale, f"requirements.lock is stale: {stale}; regenerate it: {LOCK_COMMAND}"
+
+
+def test_lock_entries_are_pinned_with_hashes_and_say_how_they_were_made() -> None:
+    locked = _lock()
+    assert locked
+    for name, (_, _, hashes) in locked.items():
+        assert hashes, f"{name} has no hash"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
+    assert f"#    {LOCK_COMMAND}" in header
+
+
+def test_lock_holds_what_the_locked_packages_require() -> None:
+    """Closed under the installed packages' metadata: nothing would be fetched unlocked."""
+    from importlib import metadata
+
+    locked = _lock()
+    environment = {"extra": ""}
+    wanted: list[Requirement] = _project_requirements()
+    for name, (version, marker, _) in locked.items():
+        if marker is not None and not marker.evaluate(environment):
+            continue
+        try:
+            installed = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if Version(installed.version) == version:  # the lock's own version: its metadata counts
+            wanted += [Requirement(r) for r in installed.requires or []]
+    missing = {
+        str(r)
+        for r in wanted
+        if (r.marker is None or r.marker.evaluate(environment))
+        and canonicalize_name(r.name) not in locked
+    }
+    assert not missing, f"requirements.lock lacks {sorted(missing)}; regenerate it: {LOCK_COMMAND}"
+
+
+def test_ci_builds_and_runs_the_image() -> None:
+    """.ci/run calls the container check, which checks what the issue lists."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "deploy/container-check.sh" in ci
+    assert os.access(CONTAINER_CHECK, os.X_OK)
+    script = CONTAINER_CHECK.read_text(encoding="utf-8")
+    for needle in (
+        "--format docker",
+        "--network host",
+        "--build-arg",
+        "PYTHON_IMAGE=",
+        "debootstrap --variant=minbase",
+        "apt-get indextargets",  # the mirror apt uses, read at run time
+        "CONTAINERS_CONF",
+        'runtime = "runc"',
+        'cgroup_manager = "cgroupfs"',
+        'events_logger = "file"',
+        "ulimit -Hn",
+        "--root",
+        "--runroot",
+        "/readyz",
+        "--signal TERM",
+        "sha256sum",
+        "system reset",
+        "image size",
+    ):
+        assert needle in script, needle
+    assert "deb.debian.org" not in script  # never a mirror's name in the repository
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
@@ -99,7 +328,15 @@ def test_every_setting_variable_named_in_packaging_and_docs_exists() -> None:
     """A misspelt ASPOSE_PROXY_* variable would be silently ignored by the proxy."""
     known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
     known.add(f"{ENV_PREFIX}CONFIG")
-    for name in ("Dockerfile", "docker-compose.yml", "README.md", "config.example.toml"):
+    # The README's examples of what the unknown-variable warning names or skips, on purpose.
+    known |= {f"{ENV_PREFIX}UPSTREAM_TIMEOUTT", f"{ENV_PREFIX}SERVICE_HOST"}
+    for name in (
+        "Dockerfile",
+        "docker-compose.yml",
+        ".env.example",
+        "README.md",
+        "config.example.toml",
+    ):
         used = set(re.findall(rf"\b{ENV_PREFIX}[A-Z_]+\b", (ROOT / name).read_text("utf-8")))
         assert used <= known, f"{name} names unknown settings: {sorted(used - known)}"
 
