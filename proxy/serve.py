@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import BadRequest, HeadTooLarge, ProxyError, error_response
-from proxy.middleware import request_id_for
+from proxy.middleware import REQUEST_ID_HEADER, request_id_for
 
 log = structlog.get_logger("proxy.serve")
 
@@ -208,7 +208,9 @@ class GuardedRequestHandler(RequestHandler):
             client_address=self._address,
         )
         response = error_response(error, request_id)
+        # No app hooks run for an unparsed request: set what they would have.
         response.headers[hdrs.SERVER] = SERVER_NAME
+        response.headers[REQUEST_ID_HEADER] = request_id
         response.force_close()
         return response
 

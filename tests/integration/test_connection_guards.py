@@ -102,6 +102,7 @@ async def test_oversized_head_gets_431_json_and_the_proxy_keeps_serving(
     assert body["Error"]["Code"] == "request_head_too_large"
     assert answer.header("X-Proxy-Error") == "request_head_too_large"
     assert answer.header("Server") == "aspose-proxy"
+    assert answer.header("X-Request-Id") == body["RequestId"]
     assert (await sandbox.stats()).get("api_requests", 0) == 0  # nothing forwarded
     async with proxy.client.get(proxy.url + DISC) as response:
         assert response.status == 200
