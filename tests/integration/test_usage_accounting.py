@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proxy.reload import reload
 from proxy.usage.budgets import period_bounds
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
+from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy, proxy_settings
 from tests.integration.rawhttp import open_to, read_head
 
 DISC = "/v4.0/words/storage/disc"
@@ -264,3 +265,21 @@ async def test_a_spent_budget_gets_no_100_continue(proxy_factory: ProxyFactory) 
         writer.close()
     assert status == 429  # straight away: no "100 Continue" invited the upload
     assert dict(headers)["X-Proxy-Error"] == "budget_exhausted"
+
+
+async def test_sighup_swaps_in_new_budgets_that_remember_what_was_spent(
+    proxy_factory: ProxyFactory,
+) -> None:
+    budget = {"client": "*", "product": "*", "period": "day", "calls": 1}
+    proxy = await proxy_factory(budgets=[budget])
+    assert (await get(proxy, DISC))[0] == 200
+    assert (await get(proxy, DISC))[0] == 429
+    app = proxy.server.runner.app
+    raised = proxy_settings(proxy.settings.upstream_url, budgets=[{**budget, "calls": 3}])
+    reload(
+        app, raised.model_copy(update={"usage_store": proxy.settings.usage_store}), proxy.settings
+    )
+    await asyncio.sleep(0.2)  # the new rules are seeded from the store, then swapped in
+    assert (await get(proxy, DISC))[0] == 200
+    assert (await get(proxy, DISC))[0] == 200
+    assert (await get(proxy, DISC))[0] == 429  # 3 in all: the call before the reload counts
