@@ -266,10 +266,11 @@ class Settings(BaseSettings):
             object.__setattr__(self, "client_secret", SecretStr(text.rstrip("\r\n")))
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.upstream_url}/connect/token")
-        if self.require_client_auth and not (self.access_keys or self.local_clients):
+        local = self.local_clients and self.local_token_endpoint  # can issue client tokens
+        if self.require_client_auth and not (self.access_keys or local):
             raise ValueError(
-                "require_client_auth: set access_keys or local_clients too, "
-                "or no client could authenticate"
+                "require_client_auth: set access_keys or local_clients (with "
+                "local_token_endpoint on) too, or no client could authenticate"
             )
         return self
 

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from proxy.reload import RELOAD_HOOKS
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory
 from tests.integration.rawhttp import open_to, read_head
@@ -127,3 +128,15 @@ async def test_refused_upload_gets_no_100_continue(
     assert status == 403  # the refusal itself, not "100 Continue" first
     assert ("X-Proxy-Error", "address_not_allowed") in headers
     assert (await sandbox.stats())["api_requests"] == 0
+
+
+async def test_reload_swaps_the_access_rules(proxy_factory: ProxyFactory) -> None:
+    proxy = await proxy_factory()
+    async with proxy.client.get(f"{proxy.url}/v4.0/words/storage/disc") as response:
+        assert response.status == 200
+    reloaded = proxy.settings.model_copy(update={"allow_from": ELSEWHERE})
+    for hook in proxy.server.runner.app[RELOAD_HOOKS]:
+        hook(reloaded)
+    async with proxy.client.get(f"{proxy.url}/v4.0/words/storage/disc") as response:
+        assert response.status == 403
+        assert response.headers["X-Proxy-Error"] == "address_not_allowed"

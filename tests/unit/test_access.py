@@ -274,6 +274,13 @@ def test_require_client_auth_alone_is_a_settings_error() -> None:
         del os.environ["ASPOSE_PROXY_ACCESS_KEYS"]
 
 
+def test_require_client_auth_with_local_clients_needs_the_local_endpoint() -> None:
+    local = {"local_clients": {"alice": SecretStr("alice-secret")}, "require_client_auth": True}
+    assert Settings(**local).require_client_auth
+    with pytest.raises(ValueError, match="require_client_auth"):
+        Settings(**local, local_token_endpoint=False)
+
+
 def test_require_client_auth_alone_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
