@@ -249,6 +249,13 @@ def test_lock_entries_are_pinned_with_hashes_and_say_how_they_were_made() -> Non
         assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
     header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
     assert f"#    {LOCK_COMMAND}" in header
+    assert LOCK_COMMAND in _section(_readme(), "Docker and Compose")
+
+
+def test_readme_docker_run_publishes_on_loopback() -> None:
+    docker = _section(_readme(), "Docker and Compose")
+    runs = re.findall(r"^docker run .*$", docker, re.M)
+    assert runs and all(" -p 127.0.0.1:8080:8080 " in run for run in runs)
 
 
 def test_lock_holds_what_the_locked_packages_require() -> None:
