@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from pathlib import Path
 
 import pytest
+import structlog
 from pydantic import SecretStr
 
 from proxy.credentials import Credentials, CredentialsSource
+from proxy.logging import configure_logging
 from proxy.settings import Settings
 
 
@@ -105,3 +109,24 @@ def test_file_secret_read_like_settings(tmp_path: Path, text: str) -> None:
     os.utime(path, ns=(1, 1))
     source.check()
     assert [c[1] for c in seen.calls] == ["secret"]
+
+
+def test_a_reloaded_secret_is_redacted_from_then_on(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", ["first-secret-value"], stream=stream, flush_interval=0)
+    try:
+        path = tmp_path / "secret"
+        path.write_text("first-secret-value")
+        source = CredentialsSource(settings_for(path), Seen())
+        path.write_text("second-secret-value")
+        source.check()
+        source.reload(Settings(client_id="app", client_secret=SecretStr("third-secret-value")))
+        log = structlog.get_logger("test")
+        log.error("boom", detail="upstream said second-secret-value and third-secret-value")
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert "boom" in text
+    assert "second-secret-value" not in text
+    assert "third-secret-value" not in text
