@@ -128,7 +128,8 @@ def observe(metrics: Metrics, guard: Guard | None = None) -> Middleware:
         try:
             if guard is not None:
                 guard(request)  # address -> Host/Origin -> client auth -> operation
-            # Next step in the fixed order: budget / rate limit (the usage work), then the handler.
+            # Next in the fixed order: rate limit / budget, then the count once upstream answered:
+            # proxy/usage/gate.py wraps the forwarding route, so only forwarded requests pass it.
             if request.match_info.http_exception is not None:
                 # The catch-all route takes every origin-form path: a miss means an
                 # absolute-form, authority-form (CONNECT) or otherwise odd target.
