@@ -335,6 +335,8 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
     await wait_for_stop_signal()
     log.info("stopping: finishing in-flight requests", grace_seconds=settings.shutdown_grace)
     await server.stop()
+    if worker is not None:
+        supervisor.clean_up_after(args.supervisor, args.run_dir)
     log.info("stopped")
     return 0
 

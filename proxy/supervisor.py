@@ -126,6 +126,12 @@ def read_local_token_key(run_dir: Path) -> bytes:
     return (run_dir / LOCAL_TOKEN_KEY_FILE).read_bytes()
 
 
+def clean_up_after(parent_pid: int | None, run_dir: Path | None) -> None:
+    """In a worker at exit: a supervisor that was killed left its run directory; remove it."""
+    if parent_pid is not None and run_dir is not None and os.getppid() != parent_pid:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @dataclass
 class _Slot:
     """One worker position: the process in it now and how often it died young in a row."""
@@ -145,7 +151,7 @@ class Supervisor:
         self._argv = list(argv)
         self._slots = [_Slot(i) for i in range(count)]
         self._stopping = asyncio.Event()
-        self._run_dir = Path(tempfile.mkdtemp(prefix="aspose-proxy-run-"))
+        self._run_dir = Path()
         self._port = 0
         self._url = ""
         self._out: BinaryIO = sys.stderr.buffer
@@ -175,12 +181,14 @@ class Supervisor:
                 bound_host, self._port = holder.getsockname()[:2]
                 shown = f"[{bound_host}]" if ":" in bound_host else bound_host
                 self._url = f"http://{shown}:{self._port}"
+                self._run_dir = Path(tempfile.mkdtemp(prefix="aspose-proxy-run-"))
                 self._prepare_run_dir()
                 return await self._serve()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            if self._run_dir.name:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def _prepare_run_dir(self) -> None:
         key = self._run_dir / LOCAL_TOKEN_KEY_FILE

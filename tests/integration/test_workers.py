@@ -283,6 +283,8 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     running = await start_workers("--workers", "2")
     assert await wait_for(lambda: len(running.workers()) == 2)
     workers = running.workers()
+    run_dir = Path(workers[0].environ()[TOKEN_STATE_ENV_VAR]).parent
+    assert run_dir.is_dir()
     running.process.kill()
     await running.process.wait()
 
@@ -290,6 +292,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         return all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
 
     assert await wait_for(gone, 15)
+    assert not run_dir.exists()  # the last worker out removed what the supervisor could not
 
 
 async def test_a_port_another_program_listens_on_is_refused_not_shared(
@@ -302,13 +305,14 @@ async def test_a_port_another_program_listens_on_is_refused_not_shared(
         port = other.getsockname()[1]
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "run", "--workers", "2", "--port", str(port),
-            env=proxy_env(sandbox),
+            env=proxy_env(sandbox, TMPDIR=str(tmp_path)),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert b"listening on" not in out
     assert b'"event": "cannot listen"' in err
+    assert list(tmp_path.iterdir()) == []  # no run directory left behind
 
 
 def test_worker_count_zero_means_one_per_cpu() -> None:
