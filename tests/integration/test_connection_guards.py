@@ -218,10 +218,13 @@ async def test_connections_beyond_the_cap_are_closed_and_other_addresses_unaffec
 
 
 async def test_300_slow_sockets_from_one_address_do_not_slow_another(
-    proxy: RunningProxy, other_client: aiohttp.ClientSession
+    proxy_factory: ProxyFactory, other_client: aiohttp.ClientSession
 ) -> None:
-    """Default settings: 300 dripping sockets from 127.0.0.1 (256 held, the rest closed at
-    once) while a client on 127.0.0.2 makes ordinary requests."""
+    """300 dripping sockets from 127.0.0.1 (the default cap holds 256, the rest are closed at
+    once) while a client on 127.0.0.2 makes ordinary requests. The head deadline is raised so
+    that it cannot close the slow sockets while this runs on a loaded machine."""
+    proxy = await proxy_factory(request_header_timeout=120)
+    assert proxy.settings.max_connections_per_client == 256
     slow = await asyncio.gather(*(connect(proxy.url) for _ in range(300)))
     drips = [asyncio.create_task(drip(writer, 0.3)) for _, writer in slow]
     try:
@@ -231,7 +234,7 @@ async def test_300_slow_sockets_from_one_address_do_not_slow_another(
             async with other_client.get(proxy.url + DISC) as response:
                 assert response.status == 200
                 await response.read()
-            assert time.monotonic() - started < 2.0  # generous: a normal call takes ms
+            assert time.monotonic() - started < 5.0  # generous: a normal call takes ms
         # Refused ones were closed (FIN, or RST when the drip's bytes were unread).
         still_open = sum(not r.at_eof() and r.exception() is None for r, _ in slow)
         assert still_open == 256, still_open
