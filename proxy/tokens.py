@@ -18,6 +18,8 @@ the new credentials at once; the token they get replaces the current one only if
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import email.utils
 import json
@@ -29,7 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
-import jwt
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
@@ -200,6 +201,23 @@ def _raise_rejected(oauth_error: str, client_id: str) -> TokenAnswer:
     )
 
 
+def _unverified_claims(token: str) -> dict[str, object]:
+    """A JWT's payload, unverified (Aspose signs it, we only read ``exp``); {} if not a JWT.
+
+    Base64url and JSON by hand rather than PyJWT: importing PyJWT pulls in ``cryptography``
+    where it is installed, ~9 MiB of resident memory for a proxy that never checks a signature.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):  # bad base64, bad UTF-8, bad JSON
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 def _lifetime(expires_in: object, token: str) -> float:
     """The sooner of ``expires_in`` and the JWT's ``exp``, at most a day (one day if neither).
 
@@ -212,11 +230,9 @@ def _lifetime(expires_in: object, token: str) -> float:
             seconds = float(expires_in)
             if math.isfinite(seconds) or seconds > 0:
                 candidates.append(seconds)
-    with contextlib.suppress(jwt.PyJWTError):
-        claims = jwt.decode(token, options={"verify_signature": False})
-        exp = claims.get("exp")
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
-            candidates.append(exp - time.time())
+    exp = _unverified_claims(token).get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        candidates.append(exp - time.time())
     if not candidates:
         return DEFAULT_LIFETIME
     return max(0.0, min(MAX_LIFETIME, *candidates))
@@ -418,6 +434,10 @@ class TokenCache:
     def _failed(self, exc: TokenFetchError, fp: str, rotation: str | None) -> None:
         if self._metrics:
             self._metrics.token_fetches.labels("rejected" if exc.rejected else "error").inc()
+        if fp != self._fp and not exc.rate_limited:
+            # New credentials arrived meanwhile: this failure must not delay their first try.
+            log.warning("token fetch with the previous credentials failed", reason=exc.reason)
+            return
         if exc.rejected or exc.rate_limited:
             # The schedule says when to try again; peek without taking a slot.
             self._failures = 0
@@ -445,6 +465,8 @@ class TokenCache:
 
     def _blocked(self, decision: Decision, fp: str, cause: TokenFetchError | None = None) -> None:
         """Hold further attempts until the schedule allows one; remember why (for the 503s)."""
+        if fp != self._fp and not decision.rate_limited:
+            return  # about the previous credentials; the new ones are asked about afresh
         until = decision.until
         token = self.valid_token()
         if math.isinf(until):

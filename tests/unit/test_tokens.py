@@ -977,3 +977,29 @@ async def test_expired_on_arrival_tokens_cause_no_refresh_storm(
     assert 1 <= fetch.calls <= 10
     assert cache.valid_token() is None
     assert clock.now - start == pytest.approx(20, abs=0.2)
+
+
+@pytest.mark.parametrize("transient", [False, True])
+async def test_a_failure_of_the_old_secret_in_flight_does_not_delay_the_new_one(
+    clock: FakeClock, transient: bool
+) -> None:
+    endpoint = Endpoint(clock, good={"new"})
+    gate = asyncio.Event()
+
+    async def slow(credentials: Credentials | None = None) -> TokenAnswer:
+        if credentials is not None and credentials.secret == "wrong":
+            await gate.wait()
+            if transient:
+                endpoint.requests.append((clock.now, "wrong"))
+                raise TokenFetchError("token endpoint answered HTTP 502")
+        return await endpoint(credentials)
+
+    cache = TokenCache(slow, wait_timeout=5.0, credentials=creds("wrong"), clock=clock)
+    first = asyncio.create_task(cache.get())
+    await asyncio.sleep(0.01)
+    cache.set_credentials(creds("new"), "SIGHUP")  # while the old secret's request is out
+    gate.set()
+    with pytest.raises(TokenUnavailable):
+        await first
+    assert (await cache.get()).value == "token-for-new"
+    assert [s for _, s in endpoint.requests] == ["wrong", "new"]
