@@ -61,8 +61,12 @@ class Proc:
 
 
 def proxy_env(upstream_url: str, spool_dir: Path, log_level: str) -> dict[str, str]:
-    """Settings for ``aspose-proxy run`` in front of ``bench/upstream.py`` and its token URL."""
-    return {
+    """Settings for ``aspose-proxy run`` in front of ``bench/upstream.py`` and its token URL.
+
+    Usage accounting, where the proxy has it, keeps its default engine (SQLite) but in
+    ``spool_dir``, so a benchmark never writes to the user's own usage database.
+    """
+    env = {
         "ASPOSE_PROXY_UPSTREAM_URL": upstream_url,
         "ASPOSE_PROXY_TOKEN_URL": upstream_url + "/connect/token",
         "ASPOSE_PROXY_CLIENT_ID": "bench",
@@ -72,6 +76,38 @@ def proxy_env(upstream_url: str, spool_dir: Path, log_level: str) -> dict[str, s
         "ASPOSE_PROXY_LOG_LEVEL": log_level,
         "ASPOSE_PROXY_LOG_FORMAT": "json",
     }
+    if "usage_store" in proxy_settings_fields():
+        env["ASPOSE_PROXY_USAGE_STORE"] = f"sqlite://{spool_dir.resolve()}/usage.db"
+    return env
+
+
+ACCESS_KEY = "bench-access-key-0123456789abcdef"  # a fixed fake key, loopback only
+
+
+def proxy_settings_fields() -> frozenset[str]:
+    """The settings the installed proxy knows (features arrive while the benchmarks exist)."""
+    from proxy.settings import Settings
+
+    return frozenset(Settings.model_fields)
+
+
+def secured_env() -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Access control and usage accounting switched on: (env, client headers, missing settings).
+
+    Clients must send ``X-Proxy-Key``; every forwarded call is counted in the usage store (on by
+    default, see ``proxy_env``). Settings this proxy does not have yet are listed in the third
+    item, and the configuration then runs without them.
+    """
+    fields = proxy_settings_fields()
+    wanted = ("access_keys", "require_client_auth", "usage_store")
+    missing = [name for name in wanted if name not in fields]
+    if "access_keys" in missing or "require_client_auth" in missing:
+        return {}, {}, missing
+    env = {
+        "ASPOSE_PROXY_ACCESS_KEYS": json.dumps({"bench": ACCESS_KEY}),
+        "ASPOSE_PROXY_REQUIRE_CLIENT_AUTH": "true",
+    }
+    return env, {"X-Proxy-Key": ACCESS_KEY}, missing
 
 
 def free_port() -> int:
@@ -134,6 +170,25 @@ def start_announcing(
             raise RuntimeError(f"{name} did not start: {lines[-5:]} {tail}")
         time.sleep(0.02)
     return Proc(name, popen, found[0], log_path)
+
+
+def start_upstream(tmp: Path, cpu: str | None = None) -> Proc:
+    """``bench/upstream.py`` on a free port (optionally pinned), its stderr in ``tmp``."""
+    return start_announcing(
+        "upstream",
+        pinned([sys.executable, str(BENCH_DIR / "upstream.py"), "--port", "0"], cpu),
+        log_path=tmp / "upstream.log",
+    )
+
+
+def start_sandbox(workdir: Path) -> Proc:
+    """``aspose-proxy sandbox`` on a free port, its files in ``workdir/sandbox-data``."""
+    data = workdir / "sandbox-data"
+    data.mkdir(exist_ok=True)
+    cmd = [ASPOSE_PROXY, "sandbox", "--port", "0", "--data-dir", str(data)]
+    return start_announcing(
+        "sandbox", [*cmd, "--log-level", "warning"], log_path=workdir / "sandbox.log"
+    )
 
 
 def wait_http(url: str, timeout: float = 20.0, headers: dict[str, str] | None = None) -> None:

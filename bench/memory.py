@@ -34,6 +34,7 @@ from _common import (
     machine_facts,
     median,
     start_announcing,
+    start_sandbox,
     stopping,
     table,
     uses_uvloop,
@@ -185,26 +186,11 @@ async def drive(
 def one_repeat(
     size: int, phases: list[str], timeout: float, workdir: Path, log_level: str
 ) -> dict[str, Any]:
-    data_dir = workdir / "sandbox-data"
     spool = workdir / "spool"
-    data_dir.mkdir()
     spool.mkdir()
     procs: list[Proc] = []
     with stopping(procs):
-        sandbox = start_announcing(
-            "sandbox",
-            [
-                ASPOSE_PROXY,
-                "sandbox",
-                "--port",
-                "0",
-                "--data-dir",
-                str(data_dir),
-                "--log-level",
-                "warning",
-            ],
-            log_path=workdir / "sandbox.log",
-        )
+        sandbox = start_sandbox(workdir)
         procs.append(sandbox)
         proxy = start_announcing(
             "proxy",

@@ -2,14 +2,18 @@
 
 Contenders, all in front of the same fast static upstream (bench/upstream.py):
   direct       wrk -> upstream (the ceiling)
-  proxy        aspose-proxy run, default log level (info: one JSON access line per request)
-  proxy-quiet  aspose-proxy run, ASPOSE_PROXY_LOG_LEVEL=warning
+  proxy        aspose-proxy run, default log level (info: one JSON access line per request),
+               access control on (require_client_auth, an X-Proxy-Key) and usage accounting on
+               (SQLite, the default engine) where the proxy has those settings
+  proxy-open   aspose-proxy run with its defaults only (no client key required)
+  proxy-quiet  proxy-open with ASPOSE_PROXY_LOG_LEVEL=warning
   minimal      bench/minimal_forwarder.py (aiohttp, fixed Authorization, nothing else)
   nginx        nginx -p TMP -c TMP/nginx.conf, fixed proxy_set_header Authorization
   mitmproxy    mitmdump --mode reverse:UPSTREAM with an addon setting Authorization
 
-Scenarios: "small" (GET /v4.0/words/storage/disc, a 64-byte JSON answer) and "1mib"
-(GET /bytes?size=1048576). Each (scenario, connections, contender) cell runs --repeat times,
+Scenarios: "small" (GET /v4.0/words/storage/disc, a 64-byte JSON answer), "1mib"
+(GET /bytes?size=1048576) and "1mib-up" (PUT of a 1 MiB body, Content-Length, to a path the
+upstream drains). Each (scenario, connections, contender) cell runs --repeat times,
 interleaved round-robin so background load hits every contender alike; the table shows
 medians. CPU pinning (default on 2+ cores): the server under test on CPU 0, wrk and the
 upstream on CPU 1. Server CPU time per request (psutil, process tree) is reported as well:
@@ -45,7 +49,9 @@ from _common import (
     median,
     pinned,
     proxy_env,
+    secured_env,
     start_announcing,
+    start_upstream,
     stopping,
     table,
     uses_uvloop,
@@ -53,12 +59,26 @@ from _common import (
     write_results,
 )
 
-CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "minimal-asyncio", "nginx", "mitmproxy")
-DEFAULT_CONTENDERS = CONTENDERS[:-1]
+CONTENDERS = (
+    "direct",
+    "proxy",
+    "proxy-open",
+    "proxy-quiet",
+    "minimal",
+    "minimal-asyncio",
+    "nginx",
+    "mitmproxy",
+)
+DEFAULT_CONTENDERS = ("direct", "proxy", "proxy-quiet", "minimal", "nginx")
+PROXIES = ("proxy", "proxy-open", "proxy-quiet")
+UPLOAD_PATH = "/v4.0/words/storage/file/bench.bin"
 SCENARIOS = {
     "small": "/v4.0/words/storage/disc",
     "1mib": "/bytes?size=1048576",
+    "1mib-up": UPLOAD_PATH,
 }
+# Scenarios that send a body: its size. wrk sends it with Content-Length (one buffer, reused).
+UPLOAD_SIZES = {"1mib-up": 1048576}
 TOKEN = "x.y.z"
 MITM_VENVS = (BENCH_DIR / ".venv-mitm", Path("/tmp/venv-mitm"))
 
@@ -87,6 +107,7 @@ http {{
     upstream up {{ server {up_host}:{up_port}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{port};
+        client_max_body_size 0;
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -105,16 +126,27 @@ def start_contender(
     py = sys.executable
     if name == "direct":
         return upstream, ""
-    if name in ("proxy", "proxy-quiet"):
+    if name in PROXIES:
         cmd = [ASPOSE_PROXY, "run"]
+        env = proxy_env(upstream.url, tmp, "warning" if name == "proxy-quiet" else "info")
+        headers: dict[str, str] = {}
+        missing: list[str] = []
+        if name == "proxy":
+            secured, headers, missing = secured_env()
+            env.update(secured)
         proc = start_announcing(
             name,
             pinned(cmd, cpu),
-            env=proxy_env(upstream.url, tmp, "warning" if name == "proxy-quiet" else "info"),
+            env=env,
             log_path=tmp / f"{name}.log",  # the access log lands in a file, as in production
         )
         wait_http(proc.url + "/readyz")
-        proc.extra["uvloop"] = uses_uvloop(proc.pid)
+        proc.extra.update(
+            uvloop=uses_uvloop(proc.pid),
+            headers=headers,
+            settings={k: v for k, v in env.items() if "SECRET" not in k and "KEYS" not in k},
+            missing_settings=missing,
+        )
         return proc, ""
     if name in ("minimal", "minimal-asyncio"):
         proc = start_announcing(
@@ -232,9 +264,32 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def wrk_script(upload_size: int | None, tmp: Path) -> Path:
+    """The Lua script for wrk: the JSON report, and for uploads a PUT with a fixed body."""
+    report = BENCH_DIR / "wrk_report.lua"
+    if not upload_size:
+        return report
+    script = tmp / f"wrk_upload_{upload_size}.lua"
+    if not script.exists():
+        script.write_text(
+            'wrk.method = "PUT"\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+            f'wrk.body = string.rep("x", {upload_size})\n' + report.read_text()
+        )
+    return script
+
+
 def run_wrk(
-    url: str, connections: int, duration: float, cpu: str | None, server_pid: int | None
+    url: str,
+    connections: int,
+    duration: float,
+    cpu: str | None,
+    server_pid: int | None,
+    headers: dict[str, str] | None = None,
+    script: Path | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; requests, bytes, latency percentiles and the server's CPU time per request."""
+    header_args = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
     cmd = pinned(
         [
             "wrk",
@@ -243,8 +298,9 @@ def run_wrk(
             f"-d{max(1, round(duration))}s",
             "--timeout",
             "10s",
+            *header_args,
             "-s",
-            str(BENCH_DIR / "wrk_report.lua"),
+            str(script or BENCH_DIR / "wrk_report.lua"),
             url,
         ],
         cpu,
@@ -320,11 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="aspose-bench-tp-") as tmpdir, stopping(procs):
         tmp = Path(tmpdir)
-        upstream = start_announcing(
-            "upstream",
-            pinned([sys.executable, str(BENCH_DIR / "upstream.py"), "--port", "0"], load_cpu),
-            log_path=tmp / "upstream.log",
-        )
+        upstream = start_upstream(tmp, load_cpu)
         procs.append(upstream)
         live: dict[str, Proc] = {}
         for name in contenders:
@@ -344,9 +396,13 @@ def main(argv: list[str] | None = None) -> int:
                 for c in conns:
                     for name, proc in live.items():
                         url = proc.url + SCENARIOS[scenario]
+                        hdrs = proc.extra.get("headers")
+                        script = wrk_script(UPLOAD_SIZES.get(scenario), tmp)
                         if args.warmup > 0:
-                            run_wrk(url, min(c, 8), args.warmup, load_cpu, None)
-                        r = run_wrk(url, c, args.duration, load_cpu, proc.pid)
+                            run_wrk(url, min(c, 8), args.warmup, load_cpu, None, hdrs, script)
+                        r = run_wrk(url, c, args.duration, load_cpu, proc.pid, hdrs, script)
+                        if scenario in UPLOAD_SIZES:  # wrk counts bytes read, not sent
+                            r["mib_per_s"] = r["rps"] * UPLOAD_SIZES[scenario] / 1048576
                         r.update(contender=name, scenario=scenario, connections=c, repeat=rep)
                         runs.append(r)
                         print(
@@ -355,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"errors {r['error_count']}",
                             flush=True,
                         )
-        for name in ("proxy", "proxy-quiet"):
+        for name in PROXIES:
             log = tmp / name / f"{name}.log"
             if log.exists():
                 info.setdefault(name, {})["log_bytes"] = log.stat().st_size
@@ -376,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                         "contender": name,
                         "rps": median([r["rps"] for r in cell]),
                         "rps_all": [round(r["rps"]) for r in cell],
+                        "mib_per_s": median([r["mib_per_s"] for r in cell]),
                         "p50_ms": median([r["lat_p50_us"] for r in cell]) / 1000,
                         "p99_ms": median([r["lat_p99_us"] for r in cell]) / 1000,
                         "cpu_us_per_req": median([r["server_cpu_us_per_req"] for r in cell]),

@@ -1,8 +1,10 @@
 """A fast static upstream for throughput benchmarks (aiohttp on uvloop).
 
-    GET|POST|... /anything      -> 200, a fixed small JSON body
+    GET|POST|... /anything      -> 200, a fixed small JSON body (a request body is drained
+                                   chunk by chunk and dropped, so 1 GiB uploads cost no memory)
     GET /bytes?size=N           -> N bytes, streamed in 256 KiB chunks, with Content-Length
     POST /connect/token         -> {"access_token":"x.y.z","expires_in":86400}
+    GET /_bench/served          -> how many requests the catch-all route answered
 
 It checks nothing (unlike the sandbox, which verifies a JWT per request), so what the
 benchmark measures is the proxy in front of it. Prints ``listening on http://HOST:PORT``.
@@ -25,9 +27,16 @@ BLOCK = bytes(range(256)) * (CHUNK // 256)
 MAX_SIZE = 16 * 1024**3
 
 
+SERVED = web.AppKey("served", list[int])
+
+
 async def small(request: web.Request) -> web.Response:
+    """The fixed answer; a request body (any size: uploads end here) is read and dropped."""
+    request.app[SERVED][0] += 1
     if request.can_read_body:
-        await request.read()
+        content = request.content
+        while await content.readany():
+            pass
     return web.Response(body=SMALL, content_type="application/json")
 
 
@@ -57,8 +66,16 @@ async def sized(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def served(request: web.Request) -> web.Response:
+    """How many requests the catch-all route answered: the requests a proxy in front forwarded
+    (bench/instructions.py divides by it, exact where a client's own count is not)."""
+    return web.Response(text=str(request.app[SERVED][0]))
+
+
 def create_app() -> web.Application:
     app = web.Application()
+    app[SERVED] = [0]
+    app.router.add_get("/_bench/served", served)
     app.router.add_post("/connect/token", token)
     app.router.add_get("/bytes", sized)
     app.router.add_route("*", "/{tail:.*}", small)
