@@ -160,6 +160,7 @@ class TeeBody(RequestBody):
         "_idle",
         "_loop",
         "_pending",
+        "_pending_size",
         "_spool_dir",
         "_stream",
         "_writing",
@@ -172,8 +173,10 @@ class TeeBody(RequestBody):
         self.failure = None
         self._stream = stream
         self._spool_dir = spool_dir
-        self._pending = bytearray()
-        self._writing: asyncio.Future[int] | None = None
+        # Chunks not yet written, kept as they came (no copy): the writer thread gets the list.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._writing: asyncio.Future[None] | None = None
         self._complete = False
         self._idle = asyncio.Event()  # set while stream() does not hold the client stream
         self._idle.set()
@@ -224,8 +227,9 @@ class TeeBody(RequestBody):
     def _take(self, chunk: bytes) -> bool:
         """Add ``chunk`` to the copy; True when a batch is ready to be written."""
         self.size += len(chunk)
-        self._pending += chunk
-        return len(self._pending) >= SPILL_BATCH
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        return self._pending_size >= SPILL_BATCH
 
     async def _flush(self) -> None:
         """Wait for the previous batch (the disk sets the pace, memory stays bounded), then
@@ -235,8 +239,8 @@ class TeeBody(RequestBody):
 
     def _start_write(self) -> None:
         assert self._file is not None
-        batch, self._pending = self._pending, bytearray()
-        self._writing = self._loop.run_in_executor(None, self._file.write, batch)
+        batch, self._pending, self._pending_size = self._pending, [], 0
+        self._writing = self._loop.run_in_executor(None, self._file.writelines, batch)
 
     async def _wait(self) -> None:
         """Wait for the write in flight; shielded, so a cancelled send never loses track of
@@ -272,7 +276,7 @@ class TeeBody(RequestBody):
         spool.close()
 
 
-def _close_after(done: asyncio.Future[int], spool: IO[bytes]) -> None:
+def _close_after(done: asyncio.Future[None], spool: IO[bytes]) -> None:
     if not done.cancelled():
         done.exception()
     spool.close()
