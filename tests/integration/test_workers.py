@@ -115,6 +115,12 @@ async def start_workers(
         assert not LEAK.findall(running.log)
 
 
+def replaced(running: Supervised, pid: int) -> bool:
+    """Two workers again, and ``pid`` is not one of them."""
+    pids = {w.pid for w in running.workers()}
+    return len(pids) == 2 and pid not in pids
+
+
 async def request_ids(running: Supervised, count: int) -> list[str]:
     ids = []
     for _ in range(count):
@@ -244,6 +250,22 @@ async def test_a_worker_that_dies_is_replaced_within_seconds_with_a_log_line(
             break
         await asyncio.sleep(0.3)
     assert len({i[:16] for i in ids}) == 2
+
+
+async def test_a_worker_that_keeps_dying_young_is_replaced_ever_more_slowly(
+    start_workers: Callable[..., Any],
+) -> None:
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    victim = running.workers()[0].pid
+    for deaths in (1, 2):  # the same slot: kill its worker, then the worker that replaced it
+        before = {w.pid for w in running.workers()}
+        os.kill(victim, signal.SIGKILL)
+        assert await wait_for(lambda n=deaths: running.log.count("a replacement") == n)
+        assert await wait_for(lambda v=victim: replaced(running, v))
+        [victim] = {w.pid for w in running.workers()} - before
+    pauses = re.findall(r'"replace_in": ([\d.]+)', running.log)
+    assert [float(p) for p in pauses] == [1.0, 2.0]  # doubling: no spinning crash loop
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
