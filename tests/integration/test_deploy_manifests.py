@@ -43,12 +43,17 @@ def pod_specs() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The containers and the init containers (a native sidecar is one)."""
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
 def proxy_containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(where, pod spec, container) for every container running the proxy image."""
     return [
         (f"{where}/{c['name']}", spec, c)
         for where, spec in pod_specs()
-        for c in spec["containers"]
+        for c in all_containers(spec)
         if c["image"].split(":")[0].endswith(PROXY_IMAGE)
     ]
 
@@ -101,7 +106,7 @@ def test_every_container_is_locked_down() -> None:
     for where, spec in pod_specs():
         pod = spec.get("securityContext", {})
         assert pod.get("runAsNonRoot") is True, where
-        for container in spec["containers"]:
+        for container in all_containers(spec):
             context = container.get("securityContext", {})
             assert context.get("allowPrivilegeEscalation") is False, (where, container["name"])
             assert context.get("readOnlyRootFilesystem") is True, (where, container["name"])
@@ -253,3 +258,15 @@ def test_the_readme_documents_every_metric_family() -> None:
     for name in sorted(exported_names()):
         family = re.sub(r"_(bucket|sum|count)$", "", name)
         assert f"`{family}`" in readme, family
+
+
+def test_the_sidecar_starts_before_the_app_and_stops_after_it() -> None:
+    [(where, spec, container)] = [c for c in proxy_containers() if "sidecar" in c[0]]
+    assert container in spec.get("initContainers", []), where  # a native sidecar
+    assert container["restartPolicy"] == "Always"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # The app reaches it on loopback, the default allow_from; no Service in front of it.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "ASPOSE_PROXY_ALLOW_FROM" not in env
+    app = spec["containers"][0]
+    assert "http://127.0.0.1:8080/" in " ".join(app["args"])
