@@ -94,8 +94,15 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- the base image (debootstrap)
-mirror="$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
-    awk -v suite="$SUITE" '$1 == suite { print $2; exit }')"
+apt_mirror() {
+    apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
+        awk -v suite="$SUITE" '$1 == suite { print $2; exit }'
+}
+mirror="$(apt_mirror)"
+if [ -z "$mirror" ]; then # apt lists only its downloaded indexes: fetch them once
+    apt-get update -qq >/dev/null 2>&1 || true
+    mirror="$(apt_mirror)"
+fi
 [ -n "$mirror" ] || fail "no '$SUITE' source in apt's configuration (apt-get indextargets)"
 
 key="$(printf '%s %s %s' "$SUITE" "$INCLUDE" "$mirror" | sha256sum | cut -c1-12)"
