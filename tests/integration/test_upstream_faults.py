@@ -148,7 +148,7 @@ async def test_reset_mid_response_aborts_it_and_leaves_a_healthy_pool(
     for _ in range(3):
         await sandbox.api_fault(reset=True, count=1)
         with pytest.raises(aiohttp.ClientPayloadError):
-            async with proxy.client.get(proxy.url + ECHO) as response:
+            async with asyncio.timeout(10), proxy.client.get(proxy.url + ECHO) as response:
                 assert response.status == 200  # headers went out before upstream broke
                 await response.read()  # ... but the body is visibly cut, never complete
     # The broken connections were dropped, not parked: many requests at once all succeed...
