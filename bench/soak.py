@@ -284,7 +284,7 @@ async def drive(
     async with aiohttp.ClientSession() as client, client.get(f"{proxy.url}{ECHO}") as response:
         assert response.status == 200, await response.text()
     await asyncio.sleep(1)
-    _, fds_baseline, spool_baseline = proc_facts(proxy.pid, spool)
+    rss_baseline, fds_baseline, spool_baseline = proc_facts(proxy.pid, spool)
     samples: list[tuple[float, int, int, int]] = []
     sampler = asyncio.create_task(sample(proxy.pid, spool, samples))
     soak = Soak(proxy.url, sandbox.url, args)
@@ -310,6 +310,7 @@ async def drive(
         "failures": tally.failures,
         "mib_up": round(tally.bytes_up / MiB),
         "mib_down": round(tally.bytes_down / MiB),
+        "rss_before_mib": round(rss_baseline / MiB, 1),
         "rss_warmup_peak_mib": round(max(warm) / MiB, 1),
         "rss_late_peak_mib": round(max(late) / MiB, 1),
         "rss_growth_mib": round((max(late) - max(warm)) / MiB, 1),

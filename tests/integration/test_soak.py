@@ -23,7 +23,7 @@ def test_soak_60_seconds_of_mixed_traffic_with_revocations(tmp_path: Path) -> No
     result_file = tmp_path / "soak.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", str(DURATION),
-         "--warmup", "15", "--json", str(result_file)],
+         "--warmup", "20", "--json", str(result_file)],
         capture_output=True, text=True, timeout=DURATION + 200, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
