@@ -172,3 +172,21 @@ async def test_full_spool_mid_upload_gives_507_aborts_upstream_and_the_proxy_sta
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+async def test_chunked_body_over_max_body_size_gets_413_and_nothing_goes_upstream(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    """A chunked body has no declared length to refuse early: it is read (and spooled) first,
+    so crossing max_body_size mid-stream sends nothing upstream at all."""
+    proxy = await proxy_factory(max_body_size=3 * MiB, body_memory_limit=64 * 1024)
+    before = (await sandbox.stats())["api_requests"]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(50):
+            yield b"z" * 100_000
+
+    async with proxy.client.put(proxy.url + STORED, data=chunked()) as response:
+        assert response.status == 413
+        assert await error_code(response) == "body_too_large"
+    assert (await sandbox.stats())["api_requests"] == before
