@@ -116,7 +116,7 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[GUARD] = guard
-    reload.setup(app)  # the hook list (with the log level) and SIGHUP
+    reload.setup(app, settings)  # the hook list (with the log level) and SIGHUP
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):
         log.warning(warning)

@@ -57,12 +57,13 @@ RESTART_ONLY = frozenset(
 log = structlog.get_logger("proxy.reload")
 
 
-def setup(app: web.Application) -> None:
-    """Give ``app`` its hook list with the log-level hook, and SIGHUP handling while it runs."""
+def setup(app: web.Application, settings: Settings) -> None:
+    """Give ``app`` its hook list with the log-level hook, and SIGHUP handling while it runs
+    (``settings``: the ones it starts with)."""
     if RELOAD_HOOKS not in app:
         app[RELOAD_HOOKS] = []
-    app[RELOAD_HOOKS].append(lambda settings: set_log_level(settings.log_level))
-    app.cleanup_ctx.append(_sighup_ctx)
+    app[RELOAD_HOOKS].append(lambda new: set_log_level(new.log_level))
+    app.cleanup_ctx.append(lambda app: _sighup_ctx(app, settings))
 
 
 def reload(app: web.Application, settings: Settings, current: Settings) -> list[str]:
@@ -94,16 +95,12 @@ def reload_from_sources(app: web.Application, current: Settings) -> Settings:
     return settings
 
 
-async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _sighup_ctx(app: web.Application, applied: Settings) -> AsyncIterator[None]:
     """While the app runs, SIGHUP reloads the settings (only when a loader was given)."""
-    loader = app.get(SETTINGS_LOADER)
-    if loader is None:
+    if SETTINGS_LOADER not in app:
         yield
         return
-    from proxy.app import SETTINGS  # the app module imports this one
-
     loop = asyncio.get_running_loop()
-    applied = app[SETTINGS]
 
     def on_sighup() -> None:
         nonlocal applied

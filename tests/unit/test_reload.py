@@ -20,7 +20,7 @@ def base(**overrides: object) -> Settings:
 
 def test_hooks_get_the_new_settings_and_restart_only_changes_are_logged() -> None:
     app = web.Application()
-    reload.setup(app)
+    reload.setup(app, base())
     got: list[Settings] = []
     app[reload.RELOAD_HOOKS].append(got.append)
     before = logging.getLogger().level
@@ -39,7 +39,7 @@ def test_hooks_get_the_new_settings_and_restart_only_changes_are_logged() -> Non
 
 def test_a_failing_hook_does_not_stop_the_others() -> None:
     app = web.Application()
-    reload.setup(app)
+    reload.setup(app, base())
     got: list[Settings] = []
 
     def broken(settings: Settings) -> None:
@@ -53,7 +53,7 @@ def test_a_failing_hook_does_not_stop_the_others() -> None:
 
 def test_settings_that_fail_to_load_leave_everything_as_it_was() -> None:
     app = web.Application()
-    reload.setup(app)
+    reload.setup(app, base())
     got: list[Settings] = []
     app[reload.RELOAD_HOOKS].append(got.append)
 
