@@ -173,8 +173,9 @@ class Schedule:
         message = client_id.encode() + b"\0" + secret.encode()
         return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:24]
 
-    def ask(self, fp: str, *, have_token: bool) -> Decision:
-        """May credentials ``fp`` be sent now? If so a slot is taken: report with ``record``."""
+    def ask(self, fp: str, *, have_token: bool, reserve: bool = True) -> Decision:
+        """May credentials ``fp`` be sent now? If so (and ``reserve``) a slot is taken: report
+        the outcome with ``record``. ``reserve=False`` only looks (when is the next attempt?)."""
         now = self._clock()
         policy = self.policy
         with self.store.transaction() as state:
@@ -215,6 +216,8 @@ class Schedule:
                     now - a["at"] < PENDING_STALE for a in trying
                 ):
                     return Decision(False, busy=True, until=now + 0.2, reason="")
+            if not reserve:
+                return Decision(True)
             ticket = uuid.uuid4().hex
             attempts.append({"id": ticket, "at": now, "fp": fp, "state": "pending"})
             return Decision(True, ticket=ticket)

@@ -439,12 +439,13 @@ class TokenCache:
             log.warning("token fetch with the previous credentials failed", reason=exc.reason)
             return
         if exc.rejected or exc.rate_limited:
-            # The schedule says when to try again; peek without taking a slot.
+            # The schedule says when to try again (a look, no slot taken).
             self._failures = 0
-            decision = self._schedule.ask(fp, have_token=self.valid_token() is not None)
-            if decision.allowed:  # cannot happen after a rejection, but never leak a slot
-                self._schedule.record(decision.ticket, fp, "error")
-                decision = Decision(False, until=self._clock())
+            decision = self._schedule.ask(
+                fp, have_token=self.valid_token() is not None, reserve=False
+            )
+            if decision.allowed:  # not after a rejection or a 429 with the default policy
+                decision = Decision(False, until=self._clock(), reason=exc.reason)
             self._blocked(decision, fp, exc)
             if rotation is not None and exc.rejected and fp == self._fp:
                 self._rotation = None
