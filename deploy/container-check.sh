@@ -85,7 +85,12 @@ cleanup() {
         pm rm -f -t 0 "$c" >/dev/null 2>&1
     done
     pm rmi -f "$image" "$image-build" "$base_image" >/dev/null 2>&1
-    pm system reset -f >/dev/null 2>&1
+    # Everything left in this private store (not `system reset`: that also drops the machine's
+    # podman networks), then whatever is still mounted under it, then the directory.
+    pm rm -a -f -t 0 >/dev/null 2>&1
+    pm rmi -a -f >/dev/null 2>&1
+    awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
+        xargs -r umount -l 2>/dev/null
     rm -rf "$work"
     say "removed containers, images and storage ($work)"
     say "took $((SECONDS - started)) s"
@@ -95,6 +100,7 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------- the base image (debootstrap)
 apt_mirror() {
+    # shellcheck disable=SC2016  # $(RELEASE) and $(REPO_URI) are apt's placeholders
     apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Created-By: Packages' 2>/dev/null |
         awk -v suite="$SUITE" '$1 == suite { print $2; exit }'
 }
@@ -216,11 +222,12 @@ pm rmi "$image-build" >/dev/null
 say "built in $((SECONDS - build_started)) s"
 
 # ---------------------------------------------------------------- what the image holds
-[ -n "$(pm image inspect --format '{{.Config.Healthcheck}}' "$image" | grep healthz)" ] ||
+[[ "$(pm image inspect --format '{{.Config.Healthcheck}}' "$image")" == *healthz* ]] ||
     fail "the image lost its HEALTHCHECK (build with --format docker)"
 user="$(pm image inspect --format '{{.Config.User}}' "$image")"
 [ "${user%%:*}" = "$UID_EXPECTED" ] || fail "image user is '$user', expected $UID_EXPECTED"
 
+# shellcheck disable=SC2016  # run by the container's shell
 inspect_script='
 set -u
 bad=""

