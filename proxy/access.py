@@ -140,9 +140,10 @@ class AccessRules:
     everyone: bool = field(init=False, default=False)
     identifies_clients: bool = field(init=False, default=False)
     limits_operations: bool = field(init=False, default=False)
-    _addresses: dict[str, bool] = field(default_factory=dict, repr=False)
-    _metrics_addresses: dict[str, bool] = field(default_factory=dict, repr=False)
-    _hosts: dict[str, bool] = field(default_factory=dict, repr=False)
+    # Remembered answers (the middleware reads them first): per client address, per Host value.
+    address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
+    metrics_address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
+    host_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessRules:
@@ -171,8 +172,7 @@ class AccessRules:
 
     def check_address(self, remote: str | None, *, metrics: bool = False) -> None:
         """``allow_from`` (plus ``metrics_allow_from`` for /metrics), else 403."""
-        remote = remote or ""
-        cache = self._metrics_addresses if metrics else self._addresses
+        cache = self.metrics_address_answers if metrics else self.address_answers
         allowed = cache.get(remote)
         if allowed is None:
             ip = _address(remote) if remote else None
@@ -194,13 +194,13 @@ class AccessRules:
         """
         if host is None:
             return
-        allowed = self._hosts.get(host)
+        allowed = self.host_answers.get(host)
         if allowed is None:
             name = _host_name(host)
             allowed = _is_loopback_name(name) or name in self.allow_hosts
-            if len(self._hosts) >= _CACHE_LIMIT:
-                self._hosts.clear()
-            self._hosts[host] = allowed
+            if len(self.host_answers) >= _CACHE_LIMIT:
+                self.host_answers.clear()
+            self.host_answers[host] = allowed
         if not allowed:
             raise HostNotAllowed(
                 "The Host header names neither a loopback address nor a name in allow_hosts."

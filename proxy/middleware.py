@@ -85,11 +85,14 @@ def access_guard(access: AccessControl) -> Guard:
         if kind is probe:
             return  # kubelet probes come from the node's address
         rules = access.rules
-        if not rules.everyone:
+        # The remembered "allowed" answers are looked up here: a call only on a miss or a no.
+        if not rules.everyone and rules.address_answers.get(request.remote) is not True:
             rules.check_address(request.remote, metrics=kind is metrics)
         headers = request.headers
         if rules.check_host:
-            rules.check_host_header(headers.get("Host"))
+            host = headers.get("Host")
+            if rules.host_answers.get(host) is not True:
+                rules.check_host_header(host)
         origin = headers.get("Origin")
         if origin is not None:
             rules.check_origin(origin)

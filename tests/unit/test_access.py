@@ -71,7 +71,7 @@ def test_address_cache_is_bounded() -> None:
     r = rules(allow_from=["10.0.0.0/8"])
     for i in range(3000):
         r.check_address(f"10.0.{i // 256}.{i % 256}")
-    assert len(r._addresses) <= access._CACHE_LIMIT
+    assert len(r.address_answers) <= access._CACHE_LIMIT
 
 
 def test_metrics_allow_from_opens_only_metrics() -> None:
