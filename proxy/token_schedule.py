@@ -186,6 +186,10 @@ class Schedule:
                     rate_limited=True,
                 )  # fmt: skip
             attempts = state["attempts"]
+            # Requests still out hold their slot; only failures (or requests out for too long,
+            # e.g. from a worker that died) block until the window frees one. Otherwise: wait.
+            failed = [a for a in attempts if a["state"] != "pending" or _stale(a, now)]
+            in_flight = len(attempts) - len(failed)
             rejected = state["rejected"].get(fp)
             limit = policy.budget
             if rejected is not None:
@@ -196,7 +200,7 @@ class Schedule:
                         reason=f"{reason}; not tried again until the secret changes",
                     )  # fmt: skip
                 limit = policy.budget - policy.reserve
-                until = max(state["slow_next"], self._slot_free_at(attempts, limit))
+                until = max(state["slow_next"], self._slot_free_at(failed, limit))
                 if now < until:
                     return Decision(
                         False, until=until, rejected=True,
@@ -204,18 +208,18 @@ class Schedule:
                         f"or at once when the secret changes",
                     )  # fmt: skip
             else:
-                free_at = self._slot_free_at(attempts, limit)
+                free_at = self._slot_free_at(failed, limit)
                 if now < free_at:
                     return Decision(
                         False, until=free_at,
                         reason=f"{policy.budget} token requests failed within "
                         f"{policy.window:.0f} s; next attempt at {wall_time(free_at, self._clock)}",
                     )  # fmt: skip
-                trying = [a for a in attempts if a["fp"] == fp and a["state"] == "pending"]
-                if fp not in state["confirmed"] and any(
-                    now - a["at"] < PENDING_STALE for a in trying
-                ):
-                    return Decision(False, busy=True, until=now + 0.2, reason="")
+                trying = any(a["fp"] == fp and a not in failed for a in attempts)
+                if trying and fp not in state["confirmed"]:  # its outcome will tell us
+                    return Decision(False, busy=True, until=now + 0.2)
+            if len(failed) + in_flight >= limit:
+                return Decision(False, busy=True, until=now + 0.2)
             if not reserve:
                 return Decision(True)
             ticket = uuid.uuid4().hex
@@ -268,7 +272,7 @@ class Schedule:
             self._prune(state, now)
 
     def _slot_free_at(self, attempts: list[dict[str, Any]], limit: int) -> float:
-        """When fewer than ``limit`` attempts will be in the window (0: now)."""
+        """When fewer than ``limit`` of ``attempts`` will be in the window (0: now)."""
         if limit <= 0:
             return math.inf
         times = sorted(a["at"] for a in attempts)
@@ -287,6 +291,10 @@ class Schedule:
             if len(entries) > REMEMBERED_CREDENTIALS:
                 newest = sorted(entries, key=lambda k: _at(entries[k]))[-REMEMBERED_CREDENTIALS:]
                 state[key] = {k: entries[k] for k in newest}
+
+
+def _stale(attempt: dict[str, Any], now: float) -> bool:
+    return bool(now - attempt["at"] >= PENDING_STALE)
 
 
 def _at(entry: Any) -> float:

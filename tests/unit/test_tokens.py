@@ -625,7 +625,7 @@ def creds(secret: str, client_id: str = CLIENT_ID) -> Credentials:
 
 
 def cache_for(
-    endpoint: Endpoint, clock: FakeClock, secret: str = "wrong", schedule: Any = None
+    endpoint: Any, clock: FakeClock, secret: str = "wrong", schedule: Any = None
 ) -> TokenCache:
     return TokenCache(
         endpoint,
@@ -901,12 +901,20 @@ async def test_workers_all_get_their_token_with_good_credentials(
     clock: FakeClock, tmp_path: Any
 ) -> None:
     endpoint = Endpoint(clock, good={"right"})
+    gate = asyncio.Event()
+
+    async def slow(credentials: Credentials | None = None) -> TokenAnswer:
+        await gate.wait()  # all six ask at once: more requests out than the budget has slots
+        return await endpoint(credentials)
+
     path = tmp_path / "token-state"
     workers = [
-        cache_for(endpoint, clock, "right", Schedule(FileStore(path), clock=clock))
-        for _ in range(6)
+        cache_for(slow, clock, "right", Schedule(FileStore(path), clock=clock)) for _ in range(6)
     ]
-    tokens = await asyncio.gather(*(w.get() for w in workers))
+    getting = [asyncio.create_task(w.get()) for w in workers]
+    await asyncio.sleep(0.05)
+    gate.set()
+    tokens = await asyncio.gather(*getting)
     assert {t.value for t in tokens} == {"token-for-right"}
     assert len(endpoint.requests) == 6  # each worker its own token; successes cost no budget
 
