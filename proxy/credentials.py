@@ -85,6 +85,9 @@ class CredentialsSource:
 
     def reload(self, settings: Settings) -> None:
         """SIGHUP: the newly loaded settings' credentials (client id from TOML or env too)."""
+        if not (settings.client_id and Credentials.from_settings(settings).secret):
+            log.error("reloaded settings have no client_id or secret; keeping the current ones")
+            return
         add_secrets(settings.secret_values)
         self._follow(settings)
         self._apply(Credentials.from_settings(settings), "SIGHUP")

@@ -93,6 +93,18 @@ def test_reload_hands_over_client_id_and_secret(tmp_path: Path) -> None:
     assert seen.calls == [("b", "s2", "SIGHUP")]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(client_id="b"), Settings(client_secret=SecretStr("s2"))],
+    ids=["no secret", "no client id"],
+)
+def test_reload_without_credentials_keeps_the_current_ones(settings: Settings) -> None:
+    seen = Seen()
+    source = CredentialsSource(Settings(client_id="a", client_secret=SecretStr("s1")), seen)
+    source.reload(settings)
+    assert seen.calls == []
+
+
 def test_credentials_repr_hides_the_secret() -> None:
     credentials = Credentials("app", SecretStr("very-secret-value"))
     assert "very-secret-value" not in repr(credentials)
