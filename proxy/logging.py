@@ -39,6 +39,7 @@ SENSITIVE_KEYS = frozenset(
     {
         "authorization",
         "proxy-authorization",
+        "x-proxy-key",
         "client_secret",
         "access_token",
         "refresh_token",
@@ -231,22 +232,39 @@ def configure_logging(
         logger_factory=SinkLoggerFactory(sink),
         cache_logger_on_first_use=False,
     )
-    # The per-request line gets a lean chain of its own: no context to merge (the request id
+    # The per-request line gets a lean path of its own: no context to merge (the request id
     # is passed in), no stack or exception to render; same timestamp, redaction and renderer.
     timestamper = next(p for p in shared if isinstance(p, IsoTimestamp))
     _redactor = redactor = next(p for p in shared if isinstance(p, Redactor))
-    _access = structlog.wrap_logger(
-        SinkLoggerFactory(sink)(ACCESS_LOGGER),
-        processors=[_access_fields, timestamper, redactor, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-    ).bind()
+    _access = AccessLine(sink, level, [timestamper, redactor, renderer])
     return sink
 
 
-def _access_fields(_: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    event_dict["logger"] = ACCESS_LOGGER
-    event_dict["level"] = method
-    return event_dict
+class AccessLine:
+    """The one line per request, without structlog's bound-logger machinery around it.
+
+    Same fields, order, timestamp, redaction and renderer as a structlog logger with the chain
+    ``[timestamp, redactor, renderer]``, for a fraction of the cost: the call builds one dict
+    and runs the three processors (issue 11: the line was ~105k of the proxy's ~716k
+    instructions per small request, most of them in structlog's wrapping). Offers the two
+    methods the middleware uses, ``is_enabled_for`` and ``info``.
+    """
+
+    def __init__(self, sink: LineSink, level: int, processors: list[Processor]) -> None:
+        self._write = sink.write
+        self._level = level
+        self._processors = tuple(processors)
+
+    def is_enabled_for(self, level: int) -> bool:
+        return level >= self._level
+
+    def info(self, event: str, **fields: Any) -> None:
+        if self._level > logging.INFO:
+            return
+        event_dict: Any = {"event": event, **fields, "logger": ACCESS_LOGGER, "level": "info"}
+        for processor in self._processors:
+            event_dict = processor(None, "info", event_dict)
+        self._write(event_dict)
 
 
 def add_secrets(secrets: Iterable[str]) -> None:

@@ -306,7 +306,10 @@ def test_access_keys_are_no_flag_masked_in_config_and_redacted(
     settings = load_settings().settings
     assert KEY in settings.secret_values
     assert KEY not in repr(settings)
-    assert Redactor(settings.secret_values).redact(f"key={KEY}!") == f"key={REDACTED}!"
+    redactor = Redactor(settings.secret_values)
+    assert redactor.redact(f"key={KEY}!") == f"key={REDACTED}!"
+    event = redactor(None, "info", {"headers": {"X-Proxy-Key": "not-a-configured-key"}})
+    assert event["headers"] == {"X-Proxy-Key": REDACTED}
 
 
 # -- what they may do --------------------------------------------------------------------------
