@@ -110,6 +110,15 @@ def secured_env() -> tuple[dict[str, str], dict[str, str], list[str]]:
     return env, {"X-Proxy-Key": ACCESS_KEY}, missing
 
 
+def parse_size(text: str) -> int:
+    """``1GiB``, ``256MiB``, ``64k`` or a plain number of bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

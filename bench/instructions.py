@@ -52,7 +52,10 @@ from _common import (
 BASELINE = RESULTS_DIR / "instructions-baseline.json"
 TOLERANCE = 0.15
 PATH = "/v4.0/words/storage/disc"
-CONTENDERS = ("minimal", "proxy", "proxy-open", "proxy-quiet")
+# proxy: access control + accounting (see throughput.py); the others take features away, so
+# the differences price each one: proxy-open (no client key), proxy-noacct (usage_store off),
+# proxy-quiet (open, log level warning), proxy-bare (open, warning, no accounting).
+CONTENDERS = ("minimal", "proxy", "proxy-open", "proxy-noacct", "proxy-quiet", "proxy-bare")
 # One connection: requests then take the same path every time (no batching that varies with
 # how fast the machine is), and the figure repeats to within about 1 % even under load.
 SMOKE = {"connections": 1, "warmup": 3, "duration": 6}
@@ -70,7 +73,8 @@ def _server(
     if name == "minimal":
         cmd = [sys.executable, str(BENCH_DIR / "minimal_forwarder.py"), "--upstream", upstream]
         return [*cmd, "--port", str(port)], {}, {}
-    env = proxy_env(upstream, tmp, "warning" if name == "proxy-quiet" else "info")
+    quiet = name in ("proxy-quiet", "proxy-bare")
+    env = proxy_env(upstream, tmp, "warning" if quiet else "info")
     env["ASPOSE_PROXY_PORT"] = str(port)
     # Work done once per interval (a batched log write, a usage flush) is shared by the requests
     # of that interval: thousands at full speed, a few dozen under callgrind, where the share
@@ -81,9 +85,11 @@ def _server(
         if key in fields:
             env[f"ASPOSE_PROXY_{key.upper()}"] = "3600"
     headers: dict[str, str] = {}
-    if name == "proxy":
+    if name in ("proxy", "proxy-noacct"):
         secured, headers, _ = secured_env()
         env.update(secured)
+    if name in ("proxy-noacct", "proxy-bare") and "usage_store" in fields:
+        env["ASPOSE_PROXY_USAGE_STORE"] = "off"
     return [ASPOSE_PROXY, "run"], env, headers
 
 

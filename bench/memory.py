@@ -33,6 +33,7 @@ from _common import (
     Proc,
     machine_facts,
     median,
+    parse_size,
     start_announcing,
     start_sandbox,
     stopping,
@@ -47,14 +48,6 @@ LIMIT_MIB = 100.0
 FILE_PATH = "/v4.0/words/storage/file/big.bin"
 CHUNK = 256 * 1024
 PHASES = ("upload-chunked", "upload-content-length", "download-file", "download-bytes")
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1024, "m": MiB, "g": 1024 * MiB}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 class Sampler:
