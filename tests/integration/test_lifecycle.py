@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -115,9 +116,13 @@ async def test_client_disconnect_mid_download_releases_the_upstream_connection(
         assert len(await response.read()) == 1000
 
 
-async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(
-    sandbox: RunningSandbox, tmp_path: Path
-) -> None:
+async def start_proxy_process(
+    sandbox: RunningSandbox,
+    settings: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m proxy run`` in front of ``sandbox`` (port 0, JSON logs on stderr), plus
+    ``ASPOSE_PROXY_<KEY>`` for each of ``settings``; returns it and the URL it announced."""
     env = {
         **os.environ,
         "ASPOSE_PROXY_UPSTREAM_URL": sandbox.url,
@@ -126,15 +131,24 @@ async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(
         "ASPOSE_PROXY_PORT": "0",
         "ASPOSE_PROXY_LOG_FORMAT": "json",
     }
+    env.update({f"ASPOSE_PROXY_{key.upper()}": value for key, value in (settings or {}).items()})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "run",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None
     line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
     match = re.search(r"listening on (http://\S+)", line)
     assert match, line
-    url = match.group(1)
+    return process, match.group(1)
+
+
+async def test_sigterm_lets_in_flight_requests_finish_and_exits_0(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    process, url = await start_proxy_process(sandbox)
+    assert process.stderr is not None
     async with aiohttp.ClientSession() as client:
         slow = asyncio.create_task(client.get(url + "/v4.0/sandbox/delay?seconds=1.5"))
         await asyncio.sleep(0.5)

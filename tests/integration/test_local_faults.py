@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import resource
 import shutil
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import aiohttp
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory
+from tests.integration.test_lifecycle import start_proxy_process
 
 ECHO = "/v4.0/sandbox/echo/x"
 STORED = "/v4.0/words/storage/file/local-faults/upload.bin"
@@ -104,27 +103,13 @@ async def test_full_spool_mid_upload_gives_507_aborts_upstream_and_the_proxy_sta
     (RLIMIT_FSIZE), so spool writes past 2 MiB fail with EFBIG, as ENOSPC would."""
     spool = tmp_path / "spool"
     spool.mkdir()
-    env = {
-        **os.environ,
-        "ASPOSE_PROXY_UPSTREAM_URL": sandbox.url,
-        "ASPOSE_PROXY_CLIENT_ID": "demo",
-        "ASPOSE_PROXY_CLIENT_SECRET": "demo-secret",
-        "ASPOSE_PROXY_PORT": "0",
-        "ASPOSE_PROXY_LOG_FORMAT": "json",
-        "ASPOSE_PROXY_SPOOL_DIR": str(spool),
-        "ASPOSE_PROXY_BODY_MEMORY_LIMIT": str(64 * 1024),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "run",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    process, url = await start_proxy_process(
+        sandbox,
+        {"spool_dir": str(spool), "body_memory_limit": str(64 * 1024)},
         preexec_fn=limit_file_size(2 * MiB),
-    )  # fmt: skip
-    assert process.stdout is not None and process.stderr is not None
+    )
+    assert process.stderr is not None
     try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-        match = re.search(r"listening on (http://\S+)", line)
-        assert match, line
-        url = match.group(1)
         folder = sandbox.data_dir / "First Storage" / "local-faults"
         async with aiohttp.ClientSession() as client:
             for _ in range(100):
