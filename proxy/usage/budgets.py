@@ -75,6 +75,26 @@ class MemoryLedger:
         return [self._values.get(key, 0) for key in keys]
 
 
+class _Plan:
+    """The pools one (client, product) reserves in, their keys and limits, until a period ends."""
+
+    __slots__ = ("ends", "ends_at", "keys", "limits", "pools", "ttl", "warn_at")
+
+    def __init__(
+        self, pools: tuple[Budget, ...], keyed: list[tuple[str, float]], now: float
+    ) -> None:
+        self.pools = pools
+        self.keys = tuple(key for key, _ in keyed)
+        self.ends = tuple(end for _, end in keyed)
+        self.ends_at = min(self.ends)
+        self.limits = tuple(budget.calls for budget in pools)
+        self.warn_at = tuple(WARN_AT * budget.calls for budget in pools)
+        self.ttl = int(max(self.ends) - now) + KEY_SLACK
+
+
+_UNPLANNED = _Plan((Budget(client=ANY, calls=0),), [("", 0.0)], 0.0)  # a marker: not looked at yet
+
+
 class TokenBucket:
     """``rate`` tokens a second up to ``burst``; a call takes one (per process)."""
 
@@ -119,7 +139,7 @@ class Limits:
         now = monotonic()
         self._rule_buckets = {rule: TokenBucket(rule, now) for rule in dict.fromkeys(rate_limits)}
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
-        self._periods: dict[str, tuple[float, str]] = {}  # period -> (ends at, stamp)
+        self._plans: dict[tuple[str, str], _Plan | None] = {}
         self._warned: set[str] = set()
         self._giving_back: set[asyncio.Future[None]] = set()
 
@@ -156,20 +176,22 @@ class Limits:
             )
         return pools
 
-    def _period(self, period: str, now: float) -> tuple[float, str]:
-        cached = self._periods.get(period)
-        if cached is None or now >= cached[0]:
-            start, end = period_bounds(period, now)
-            stamp = start.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
-            cached = self._periods[period] = (end.timestamp(), stamp)
-        return cached
-
-    def key(self, budget: Budget, now: float) -> tuple[str, int]:
-        """The ledger key of ``budget``'s current period, and its time to live in seconds."""
-        ends_at, stamp = self._period(budget.period, now)
+    def key(self, budget: Budget, now: float) -> tuple[str, float]:
+        """The ledger key of ``budget``'s period holding ``now``, and when that period ends."""
+        start, end = period_bounds(budget.period, now)
+        stamp = start.strftime("%Y-%m-%d" if budget.period == "day" else "%Y-%m")
         # The product has no ':', so the rest of the key is the client name, whatever it holds.
-        key = f"budget:{budget.period}:{stamp}:{budget.product}:{budget.client}"
-        return key, int(ends_at - now) + KEY_SLACK
+        return f"budget:{budget.period}:{stamp}:{budget.product}:{budget.client}", end.timestamp()
+
+    def _plan(self, client: str, product: str, now: float) -> _Plan | None:
+        """What a call by ``client`` to ``product`` reserves, until the first period ends."""
+        pools = self.pools_for(client, product)
+        plan = None
+        if pools:
+            keyed = [self.key(budget, now) for budget in pools]
+            plan = _Plan(pools, keyed, now)
+        self._plans[(client, product)] = plan
+        return plan
 
     async def reserve(self, client: str, product: str) -> tuple[str, ...]:
         """Reserve one call in every budget that applies, or raise ``BudgetExhausted``.
@@ -177,32 +199,31 @@ class Limits:
         Returns the reserved keys (empty when no budget applies): give them back with
         ``release`` if the request gets no answer.
         """
-        pools = self.pools_for(client, product)
-        if not pools:
-            return ()
         now = self._clock()
-        keyed = [self.key(budget, now) for budget in pools]
-        keys = [key for key, _ in keyed]
+        plan = self._plans.get((client, product), _UNPLANNED)
+        if plan is _UNPLANNED or (plan is not None and now >= plan.ends_at):
+            plan = self._plan(client, product, now)
+        if plan is None:
+            return ()
         try:
-            values = await self.ledger.reserve(
-                keys, [b.calls for b in pools], max(ttl for _, ttl in keyed)
-            )
+            values = await self.ledger.reserve(plan.keys, plan.limits, plan.ttl)
         except Exception as exc:
             log.warning("budget check failed: usage store unreachable", cause=type(exc).__name__)
             raise UsageStoreUnavailable(
                 "The usage store that counts this budget cannot be reached.", retry_after=1
             ) from None
-        if len(values) == 1 and values[0] < 0:
-            budget = pools[-1 - values[0]]
-            ends_at, _ = self._period(budget.period, now)
+        if values[0] < 0:
+            index = -1 - values[0]
+            budget = plan.pools[index]
             raise BudgetExhausted(
                 f"The {budget.period}ly budget of {budget.calls} calls for client "
                 f"'{budget.client}' and product '{budget.product}' is spent.",
-                retry_after=ends_at - now,
+                retry_after=plan.ends[index] - now,
             )
-        for budget, key, used in zip(pools, keys, values, strict=True):
-            if used >= WARN_AT * budget.calls and key not in self._warned:
-                self._warned.add(key)
+        for index, used in enumerate(values):
+            if used >= plan.warn_at[index] and plan.keys[index] not in self._warned:
+                self._warned.add(plan.keys[index])
+                budget = plan.pools[index]
                 log.warning(
                     "budget passed 80%",
                     client=budget.client,
@@ -211,7 +232,7 @@ class Limits:
                     calls=budget.calls,
                     used=used,
                 )
-        return tuple(keys)
+        return plan.keys
 
     async def spent(self, client: str, product: str) -> bool:
         """Whether a budget for this call is already spent (changes nothing; for the
@@ -243,5 +264,6 @@ class Limits:
             if budget.period not in rows:
                 start, _ = period_bounds(budget.period, now)
                 rows[budget.period] = await rows_since(int(start.timestamp()) // 3600)
-            key, ttl = self.key(budget, now)
+            key, ends_at = self.key(budget, now)
+            ttl = int(ends_at - now) + KEY_SLACK
             await self.ledger.seed(key, used_by(budget, rows[budget.period]), ttl)

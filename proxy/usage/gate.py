@@ -24,6 +24,8 @@ from proxy.usage.store import open_store
 
 log = structlog.get_logger("proxy.usage")
 
+CLASSIFIED_MAX = 4096
+
 
 class Usage:
     """What the app keeps for accounting: the store, the counter and the rules in force."""
@@ -32,6 +34,8 @@ class Usage:
         self.store = open_store(settings.usage_store, settings.usage_store_password)
         self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
         self.limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
+        # Without access keys or local clients no request has a name: skip the lookup.
+        self.names_clients = bool(settings.access_keys or settings.local_clients)
         self._runner: asyncio.Task[None] | None = None
 
     def wrap(self, forward: Handler) -> Handler:
@@ -39,10 +43,19 @@ class Usage:
         totals = self.counter.totals
         classes = STATUS_CLASSES
         usage = self
+        # (product, kind) per request target: most calls repeat a few paths. Bounded: cleared
+        # when full, so a client sending endless distinct paths costs a re-parse, not memory.
+        classified: dict[str, tuple[str, str]] = {}
 
         async def accounted(request: web.Request) -> web.StreamResponse:
-            client = request.get(CLIENT_ID) or ANONYMOUS
-            product, kind = classify(request.raw_path)
+            client = (request.get(CLIENT_ID) or ANONYMOUS) if usage.names_clients else ANONYMOUS
+            path = request.raw_path
+            attribution = classified.get(path)
+            if attribution is None:
+                if len(classified) >= CLASSIFIED_MAX:
+                    classified.clear()
+                attribution = classified[path] = classify(path)
+            product, kind = attribution
             limits = usage.limits  # read once: a reload swaps the whole object
             reserved: tuple[str, ...] = ()
             if limits.active:
@@ -77,6 +90,7 @@ class Usage:
 
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
+        self.names_clients = bool(settings.access_keys or settings.local_clients)
         limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
         seeding = asyncio.ensure_future(limits.seed(self.counter.rows))
 

@@ -283,3 +283,20 @@ async def test_sighup_swaps_in_new_budgets_that_remember_what_was_spent(
     assert (await get(proxy, DISC))[0] == 200
     assert (await get(proxy, DISC))[0] == 200
     assert (await get(proxy, DISC))[0] == 429  # 3 in all: the call before the reload counts
+
+
+async def test_clients_named_after_a_reload_are_counted_by_name(
+    proxy_factory: ProxyFactory,
+) -> None:
+    proxy = await proxy_factory()  # no access keys: every call is anonymous, no name looked up
+    assert (await get(proxy, DISC))[0] == 200
+    keys = {"ci": "ci-key-123456789012345678901234"}
+    named = proxy_settings(
+        proxy.settings.upstream_url, access_keys=keys, usage_store=proxy.settings.usage_store
+    )
+    reload(proxy.server.runner.app, named, proxy.settings)
+    assert (await get(proxy, DISC, headers={"X-Proxy-Key": keys["ci"]}))[0] == 200
+    assert calls(await usage(proxy)) == {
+        ("anonymous", "words", "storage"): (1, 0),
+        ("ci", "words", "storage"): (1, 0),
+    }
