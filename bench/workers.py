@@ -74,6 +74,17 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of the supervisor and its workers (shared pages counted per process)."""
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children()])
+    except Exception:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
         for count, proc in live.items():
             info[f"workers-{count}"]["still_running"] = _children(proc.pid)
+            info[f"workers-{count}"]["rss_mib_after"] = round(_tree_rss(proc.pid) / 2**20, 1)
 
     summary = []
     for scenario in scenarios:
@@ -207,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
+    for name, proxy in info.items():
+        print(f"{name}: {proxy.get('rss_mib_after')} MiB resident (supervisor and workers)")
     path = write_results(
         "workers",
         {
