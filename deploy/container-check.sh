@@ -89,6 +89,7 @@ cleanup() {
     # podman networks), then whatever is still mounted under it, then the directory.
     pm rm -a -f -t 0 >/dev/null 2>&1
     pm rmi -a -f >/dev/null 2>&1
+    pm volume rm -a -f >/dev/null 2>&1
     awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
         xargs -r umount -l 2>/dev/null
     rm -rf "$work"
@@ -275,7 +276,10 @@ containers+=("$sandbox" "$proxy")
 no_systemd() { grep -v 'unable to get systemd connection' >&2 || true; }
 pm run -d --name "$sandbox" --network host "$image" \
     sandbox --host 127.0.0.1 --port "$sandbox_port" >/dev/null 2> >(no_systemd)
+# As Kubernetes runs it: a read-only root file system (podman puts a tmpfs on /tmp), the state
+# directory a named volume (which takes the image directory's owner, as Compose's does).
 pm run -d --name "$proxy" --network host 2> >(no_systemd) \
+    --read-only -v "$tag-state:/var/lib/aspose-proxy" \
     -e ASPOSE_PROXY_PORT="$proxy_port" \
     -e ASPOSE_PROXY_UPSTREAM_URL="http://127.0.0.1:$sandbox_port" \
     -e ASPOSE_PROXY_CLIENT_ID=demo \
@@ -320,10 +324,12 @@ sandbox_exit="$(pm inspect --format '{{.State.ExitCode}}' "$sandbox")"
 [ "$sandbox_exit" = 0 ] || fail "the sandbox exited $sandbox_exit after podman stop, not 0"
 say "SIGTERM stops the proxy (exit 0) and podman stop the sandbox (exit 0)"
 
-# The usage store's SQLite file lands in the image's state directory, written by uid 10001.
-pm cp "$proxy:/var/lib/aspose-proxy/." "$work/state"
-[ -s "$work/state/usage.db" ] || fail "no usage store in /var/lib/aspose-proxy: $(ls -A "$work/state")"
-say "the usage store is /var/lib/aspose-proxy/usage.db ($(stat -c %s "$work/state/usage.db") bytes)"
+# The usage store's SQLite file lands in the state volume, written by uid 10001.
+state="$(pm volume inspect --format '{{.Mountpoint}}' "$tag-state")"
+[ -s "$state/usage.db" ] || fail "no usage store in /var/lib/aspose-proxy: $(ls -A "$state")"
+owner="$(stat -c %u "$state/usage.db")"
+[ "$owner" = "$UID_EXPECTED" ] || fail "usage.db belongs to uid $owner, not $UID_EXPECTED"
+say "read-only root: the usage store is /var/lib/aspose-proxy/usage.db in a volume ($(stat -c %s "$state/usage.db") bytes, uid $owner)"
 
 size="$(pm image inspect --format '{{.Size}}' "$image")"
 say "image size: $((size / 1000000)) MB ($size bytes), base $(($(pm image inspect --format '{{.Size}}' "$base_image") / 1000000)) MB"

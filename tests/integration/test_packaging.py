@@ -335,6 +335,7 @@ def test_ci_builds_and_runs_the_image() -> None:
         "--runroot",
         "/readyz",
         "--signal TERM",
+        "--read-only",
         "sha256sum",
         "rmi -a -f",
         "image size",
