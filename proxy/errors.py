@@ -16,6 +16,7 @@
      │                              the number of header fields beyond the parser's bounds
      ├── InsufficientStorage  507   insufficient_storage: a big body cannot be spooled
      │                              (spool_dir missing, unwritable or full)
+     ├── NotFound             404   not_found: a path under /_proxy/ the proxy has no page for
      ├── RateLimited          429   rate_limited: the client's rate_limits bucket is empty;
      │                              carries Retry-After
      ├── BudgetExhausted      429   budget_exhausted: a budget's calls for this period are
@@ -123,6 +124,12 @@ class InsufficientStorage(ProxyError):
         "The proxy could not keep a copy of the request body on disk (needed to replay it "
         "after a 401); smaller bodies are not affected."
     )
+
+
+class NotFound(ProxyError):
+    status = 404
+    code = "not_found"
+    description = "The proxy has no page of its own at this path (see /_proxy/)."
 
 
 class RateLimited(ProxyError):

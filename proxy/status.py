@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.errors import BadRequest, UsageStoreUnavailable
+from proxy.errors import BadRequest, NotFound, UsageStoreUnavailable
 from proxy.health import METRICS, TOKENS
 from proxy.metrics import Metrics
 from proxy.tokens import TokenCache
@@ -100,6 +100,10 @@ async def usage_json(request: web.Request) -> web.Response:
         raise BadRequest("period must be day or month.")
     report = await _report(request, period)
     return web.json_response(report, headers={"Cache-Control": "no-store"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"No page at {request.path}; the status page is /_proxy/.")
 
 
 async def status_page(upstream: str, request: web.Request) -> web.Response:
@@ -225,5 +229,9 @@ def add_routes(app: web.Application, upstream: str) -> None:
     traffic = Traffic(app[METRICS])
     app[TRAFFIC] = traffic
     app.cleanup_ctx.append(traffic.run)
-    app.router.add_get("/_proxy/", functools.partial(status_page, upstream))
+    page = functools.partial(status_page, upstream)
+    app.router.add_get("/_proxy/", page)
+    app.router.add_get("/_proxy", page)
     app.router.add_get("/_proxy/usage", usage_json)
+    # The rest of /_proxy/ is the proxy's own namespace too: never forwarded upstream.
+    app.router.add_route("*", "/_proxy/{tail:.*}", not_found)

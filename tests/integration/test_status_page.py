@@ -113,3 +113,15 @@ async def test_page_follows_allow_from(proxy_factory: ProxyFactory) -> None:
     for path in ("/_proxy/", "/_proxy/usage"):
         async with proxy.client.get(proxy.url + path) as response:
             assert response.status == 403, path
+
+
+async def test_the_proxy_namespace_is_never_forwarded(proxy: RunningProxy) -> None:
+    async with proxy.client.get(proxy.url + "/_proxy") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+    for method, path in [("GET", "/_proxy/nothing"), ("POST", "/_proxy/usage/x")]:
+        async with proxy.client.request(method, proxy.url + path) as response:
+            assert response.status == 404
+            assert response.headers["X-Proxy-Error"] == "not_found"
+    async with proxy.client.get(proxy.url + "/_proxy/usage") as response:
+        assert (await response.json())["rows"] == []  # none of the above was a call
