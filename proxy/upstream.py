@@ -132,8 +132,8 @@ def is_stale_connection(exc: BaseException) -> bool:
     """The connection broke before any response header: the pooled connection had been closed
     by upstream (or a load balancer) as the request went out, or upstream dropped it unanswered.
     Failing to connect at all is not this: nothing was sent."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return True  # closed before the answer; or found closing as the request was written
     return isinstance(exc, aiohttp.ClientOSError) and not isinstance(
         exc, aiohttp.ClientConnectorError
     )

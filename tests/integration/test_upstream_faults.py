@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from proxy.upstream import is_stale_connection
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.test_lifecycle import established_to, wait_until
@@ -272,3 +273,19 @@ def test_default_pool_idle_timeout_is_below_load_balancer_idle_timeouts() -> Non
     from proxy.settings import Settings
 
     assert Settings().upstream_keepalive_timeout <= 15  # AWS ALB 60 s, many others 30 s
+
+
+@pytest.mark.parametrize(
+    ("error", "stale"),
+    [
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), True),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), True),
+        (aiohttp.ClientConnectorError(None, OSError(111, "refused")), False),  # type: ignore[arg-type]
+        (TimeoutError(), False),
+        (aiohttp.ClientPayloadError("cut"), False),
+    ],
+)
+def test_what_counts_as_a_stale_connection(error: BaseException, stale: bool) -> None:
+    """Broken before the answer counts; never connected (nothing sent) and timeouts do not."""
+    assert is_stale_connection(error) is stale
