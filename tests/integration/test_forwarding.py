@@ -271,7 +271,8 @@ async def test_client_request_id_is_kept_and_echoed(proxy: RunningProxy) -> None
 
 async def test_http10_client_gets_a_close_delimited_stream(proxy: RunningProxy) -> None:
     response = await exchange(
-        proxy.url, b"GET /v4.0/sandbox/drip?seconds=0.2&size=300 HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        proxy.url,
+        b"GET /v4.0/sandbox/drip?seconds=0.2&size=300 HTTP/1.0\r\nHost: localhost\r\n\r\n",
     )
     assert response.status == 200
     assert response.body == (bytes(range(256)) * 2)[:300]
