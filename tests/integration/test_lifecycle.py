@@ -105,7 +105,7 @@ async def test_client_disconnect_mid_download_releases_the_upstream_connection(
         assert response.status in (200, 503)
     for _ in range(5):
         reader, writer = await open_to(proxy.url)
-        writer.write(b"GET /v4.0/sandbox/bytes?size=200000000 HTTP/1.1\r\nHost: me\r\n\r\n")
+        writer.write(b"GET /v4.0/sandbox/bytes?size=200000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await writer.drain()
         await reader.readexactly(1_000_000)
         writer.transport.abort()
