@@ -271,6 +271,32 @@ def test_lock_pins_every_dependency_of_pyproject_and_fast() -> None:
     assert not stale, f"requirements.lock is stale: {stale}; regenerate it: {LOCK_COMMAND}"
 
 
+def _lock_via() -> dict[str, set[str]]:
+    """Each locked package's ``# via`` lines: what required it when the lock was made."""
+    via: dict[str, set[str]] = {}
+    current = ""
+    for line in LOCK.read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            current = canonicalize_name(Requirement(line.split(" ")[0]).name)
+            via[current] = set()
+        elif match := re.match(r"^\s+# via (.+)$|^\s+#   (.+)$", line):
+            via[current].add((match.group(1) or match.group(2)).strip())
+    return via
+
+
+def test_lock_holds_nothing_pyproject_no_longer_asks_for() -> None:
+    """A dependency dropped from pyproject.toml (and what only it needed) leaves the lock too."""
+    via = _lock_via()
+    project = "aspose-cloud-proxy (pyproject.toml)"
+    roots = {name for name, parents in via.items() if project in parents}
+    wanted = {canonicalize_name(r.name) for r in _project_requirements()}
+    assert roots == wanted, f"requirements.lock is stale; regenerate it: {LOCK_COMMAND}"
+    reached = set(roots)
+    while grown := {n for n, ps in via.items() if n not in reached and ps & reached}:
+        reached |= grown
+    assert reached == set(via), f"unneeded in the lock: {sorted(set(via) - reached)}"
+
+
 def test_lock_entries_are_pinned_with_hashes_and_say_how_they_were_made() -> None:
     locked = _lock()
     assert locked
