@@ -35,6 +35,8 @@ _CACHE_LIMIT = 1024  # distinct client addresses or Host values remembered per r
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 # In a percent-decoded path: an encoded '.', '/' or '\' that would only be decoded upstream.
 _ENCODED = ("%2e", "%2f", "%5c")
+# A path holding none of these has no dot segment and nothing to decode.
+_SUSPECT = ("%", "/.", "\\", "\x00", "/ ")
 
 
 class RouteKind(enum.Enum):
@@ -108,6 +110,8 @@ def normalised_path(raw_path: str) -> str | None:
     encoding). The query is not part of the path.
     """
     path = raw_path.partition("?")[0]
+    if not any(mark in path for mark in _SUSPECT):  # the usual path: nothing to decode
+        return path.lower()
     decoded = unquote(path) if "%" in path else path
     if "\\" in decoded or "\x00" in decoded or decoded.count("/") != path.count("/"):
         return None
@@ -144,6 +148,7 @@ class AccessRules:
     address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
     metrics_address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
     host_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
+    path_answers: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessRules:
@@ -245,14 +250,19 @@ class AccessRules:
         if self.allow_methods and method not in self.allow_methods:
             raise OperationNotAllowed(f"The method {method} is not allowed by allow_methods.")
         if self.allow_paths:
-            path = normalised_path(raw_path)
-            if path is None:
+            key = raw_path.partition("?")[0]
+            allowed = self.path_answers.get(key)
+            if allowed is None:
+                path = normalised_path(key)
+                allowed = path is not None and (path + "/").startswith(self.allow_paths)
+                if len(self.path_answers) >= _CACHE_LIMIT:
+                    self.path_answers.clear()
+                self.path_answers[key] = allowed
+            if not allowed:
                 raise OperationNotAllowed(
-                    "Paths with dot segments, encoded slashes or encoded dots are not allowed "
-                    "while allow_paths is set."
+                    "The path is not under any prefix in allow_paths, or has dot segments, "
+                    "encoded slashes or encoded dots."
                 )
-            if not (path + "/").startswith(self.allow_paths):
-                raise OperationNotAllowed("The path is not under any prefix in allow_paths.")
 
 
 @dataclass(slots=True)

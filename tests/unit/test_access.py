@@ -372,8 +372,9 @@ def test_paths_under_an_allowed_prefix_pass(path: str) -> None:
 )
 def test_paths_that_could_leave_the_prefix_are_refused(path: str) -> None:
     r = rules(allow_paths=["/v4.0/words/"])
-    with pytest.raises(OperationNotAllowed):
-        r.check_operation("GET", path)
+    for _ in range(2):  # the remembered answer too
+        with pytest.raises(OperationNotAllowed):
+            r.check_operation("GET", path)
 
 
 @pytest.mark.parametrize(
