@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -164,6 +165,8 @@ class IsoTimestamp:
 
 # Built once: json.dumps(default=...) builds a new encoder on every call.
 _json_encoder = json.JSONEncoder(default=repr)
+# A string as the encoder quotes it (ensure_ascii), without its per-call set-up.
+_quote = json.encoder.encode_basestring_ascii
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -291,22 +294,24 @@ class AccessLine:
 
     def _json_line(self, event: str, fields: dict[str, Any]) -> str | None:
         """The JSON renderer's output for the usual line, or None to take the general path."""
-        encode = _json_encoder.encode
+        quote = _quote
         redact = self._redactor.redact
-        parts = ['{"event": ', encode(redact(event))]
+        parts = ['{"event": ', quote(redact(event))]
         for key, value in fields.items():
             quoted = self._keys.get(key)
             if quoted is None:
                 if key in _OWN_KEYS or key[0] == "_" or not self._redactor.plain_key(key):
                     return None
-                quoted = encode(key)
+                quoted = quote(key)
                 if len(self._keys) < 1024:
                     self._keys[key] = quoted
             kind = type(value)
             if kind is str:
-                parts.append(f", {quoted}: {encode(redact(value))}")
-            elif kind in _PLAIN:
-                parts.append(f", {quoted}: {encode(value)}")
+                parts.append(f", {quoted}: {quote(redact(value))}")
+            elif kind is int or (kind is float and math.isfinite(value)):
+                parts.append(f", {quoted}: {value!r}")  # the JSON encoder's text for them
+            elif kind in _PLAIN:  # bool, None, a non-finite float: rare, the encoder
+                parts.append(f", {quoted}: {_json_encoder.encode(value)}")
             else:
                 return None
         parts.append(_ACCESS_TAIL)

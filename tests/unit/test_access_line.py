@@ -73,6 +73,7 @@ def _both_ways(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
             "duration_ms": 3,
             "note": None,
         },
+        {"request_id": "r", "status": 200, "duration_ms": float("inf"), "count": 10**20},
     ],
 )
 def test_direct_json_line_equals_the_processor_chain(fields: dict[str, Any]) -> None:
