@@ -43,14 +43,24 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 
 def filter_headers(headers: Iterable[tuple[str, str]], dropped: frozenset[str]) -> Pairs:
-    """Copy ``headers`` without ``dropped`` names and without those named in ``Connection``."""
-    pairs = list(headers)
-    drop = (
-        dropped | connection_tokens(pairs)
-        if any(n.lower() == "connection" for n, _ in pairs)
-        else dropped
-    )
-    return [(name, value) for name, value in pairs if name.lower() not in drop]
+    """Copy ``headers`` without ``dropped`` names and without those named in ``Connection``.
+
+    One pass with one ``lower()`` per header: this runs twice per request, and the single pass
+    is ~12k instructions cheaper per small request than two passes with generators (issue 11,
+    bench/instructions.py).
+    """
+    out: Pairs = []
+    connection: list[tuple[str, str]] = []
+    for name, value in headers:
+        low = name.lower()
+        if low == "connection":
+            connection.append((name, value))
+        if low not in dropped:
+            out.append((name, value))
+    if connection:
+        named = connection_tokens(connection)
+        out = [(name, value) for name, value in out if name.lower() not in named]
+    return out
 
 
 def outbound_request_headers(headers: Iterable[tuple[str, str]], token: str) -> Pairs:
