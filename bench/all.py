@@ -464,6 +464,11 @@ def render_markdown(result: dict[str, Any], summary: dict[str, Any]) -> str:
             rows,
         ),
         "",
+        "Uploads end in `bench/upstream.py`, which drains them in Python on the CPU it shares "
+        "with curl: `direct` up is a ceiling every contender's uploads stay under, which "
+        "compresses the upload ratios toward 1 (nginx's buffered pass takes its receive plus "
+        "its send; a streaming forwarder the slower of the two).",
+        "",
     ]
     st = result.get("startup")
     if st:
