@@ -108,7 +108,7 @@ def transfer(
         else (0, 0, 0, 0.0)
     )
     moved = sent if direction == "up" else got
-    ok = done.returncode == 0 and status == 200 and moved == size
+    ok = done.returncode == 0 and 200 <= status < 300 and moved == size
     return {
         "direction": direction,
         "size": size,
