@@ -22,7 +22,7 @@ from proxy.metrics import Metrics
 from proxy.middleware import Guard, access_guard, add_request_id, observe
 from proxy.oauth import TOKEN_PATHS
 from proxy.reload import RELOAD_HOOKS
-from proxy.serve import CONNECTION_LIMITS, ConnectionLimits, name_server
+from proxy.serve import CONNECTION_LIMITS, ConnectionLimits
 from proxy.settings import Settings
 from proxy.token_schedule import shared_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
@@ -127,7 +127,6 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
-    app.on_response_prepare.append(name_server)
     # Applied by serve.start_server to every connection (with the parser's bounds).
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,

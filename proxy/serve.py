@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import signal
 import sys
@@ -61,15 +62,24 @@ class ConnectionLimits:
 CONNECTION_LIMITS = web.AppKey("connection_limits", ConnectionLimits)
 
 
-async def name_server(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the proxy's own answers say ``Server: aspose-proxy``.
-
-    aiohttp has just set its default (``Python/3.x aiohttp/3.y``) if the response had no
-    ``Server``; a forwarded response carries upstream's own value (a different object), kept.
+class _NamedRequest(web.Request):
+    """aiohttp's ``Request``; its response hook also says ``Server: aspose-proxy`` on the
+    proxy's own answers. aiohttp has just set its default (``Python/3.x aiohttp/3.y``) when a
+    response had none; a forwarded response carries upstream's own value (another object),
+    kept. Done in the hook aiohttp already awaits for every response (the body below is
+    aiohttp 3.14's), so it costs no extra coroutine per request.
     """
-    headers = response.headers
-    if headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
-        headers[hdrs.SERVER] = SERVER_NAME
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+            headers[hdrs.SERVER] = SERVER_NAME
+        match_info = self._match_info
+        if match_info is None:  # an unparsed request: no app, no signals
+            return
+        for app in match_info._apps:
+            if on_response_prepare := app.on_response_prepare:
+                await on_response_prepare.send(self, response)
 
 
 class ClientConnections:
@@ -213,7 +223,6 @@ class GuardedRequestHandler(RequestHandler):
         )
         response = error_response(error, request_id)
         # No app hooks run for an unparsed request: set what they would have.
-        response.headers[hdrs.SERVER] = SERVER_NAME
         response.headers[REQUEST_ID_HEADER] = request_id
         response.force_close()
         return response
@@ -222,11 +231,12 @@ class GuardedRequestHandler(RequestHandler):
 class _GuardedServer(web.Server):
     """aiohttp's connection manager, making ``GuardedRequestHandler`` protocols."""
 
-    def __init__(self, plain: web.Server, limits: ConnectionLimits) -> None:
-        # The plain server's handler, request factory and protocol options, as the app set them.
+    def __init__(self, app: web.Application, plain: web.Server, limits: ConnectionLimits) -> None:
+        # The plain server's handler and protocol options, as the app set them; the app's
+        # requests as _NamedRequest.
         super().__init__(
             plain.request_handler,
-            request_factory=plain.request_factory,
+            request_factory=functools.partial(app._make_request, _cls=_NamedRequest),
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
             **plain._kwargs,
@@ -256,7 +266,7 @@ class _GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts the app, merges its handler_args
-        return _GuardedServer(plain, self._limits)
+        return _GuardedServer(self.app, plain, self._limits)
 
 
 @dataclass
