@@ -265,8 +265,16 @@ def test_the_sidecar_starts_before_the_app_and_stops_after_it() -> None:
     assert container in spec.get("initContainers", []), where  # a native sidecar
     assert container["restartPolicy"] == "Always"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    # The app reaches it on loopback, the default allow_from; no Service in front of it.
+    # The app reaches it on loopback; no Service in front of it. The image's own allow_from
+    # admits the private ranges (every other pod), so the sidecar narrows it to loopback.
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert "ASPOSE_PROXY_ALLOW_FROM" not in env
+    allowed = load_settings_from_env({"ASPOSE_PROXY_ALLOW_FROM": env["ASPOSE_PROXY_ALLOW_FROM"]})
+    assert allowed == {"127.0.0.0/8", "::1/128"}
     app = spec["containers"][0]
     assert "http://127.0.0.1:8080/" in " ".join(app["args"])
+
+
+def load_settings_from_env(values: dict[str, str]) -> set[str]:
+    """allow_from as the proxy reads it from these environment variables."""
+    with environment(values):
+        return {str(net) for net in load_settings().settings.allow_from}

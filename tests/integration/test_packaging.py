@@ -218,6 +218,25 @@ def test_compose_publishes_the_proxy_on_loopback_only() -> None:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_compose_proxies_refuse_rebound_host_names() -> None:
+    """issue 7: on 0.0.0.0 the Host check is off unless allow_hosts is set; a DNS-rebound page
+    reaching the published loopback port must still be refused."""
+    from proxy.settings import load_settings
+
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    for name in ("proxy", "proxy-demo"):
+        env = services[name]["environment"]
+        saved = dict(os.environ)
+        try:
+            os.environ["ASPOSE_PROXY_ALLOW_HOSTS"] = env["ASPOSE_PROXY_ALLOW_HOSTS"]
+            hosts = load_settings().settings.allow_hosts
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert list(hosts) == [name], name
+
+
 def test_compose_keeps_the_state_directory_in_a_volume() -> None:
     compose = _compose()
     proxy = compose["services"]["proxy"]  # type: ignore[index]
