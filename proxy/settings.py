@@ -17,18 +17,16 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from proxy.usage.rules import Budget, RateLimit, check_store_url, default_store_url
 
@@ -46,14 +44,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MiB = 1024 * 1024
 
 
-class Settings(BaseModel):
-    """Every setting is a top-level TOML key and the env var ``ASPOSE_PROXY_<KEY>``.
+class Settings(BaseSettings):
+    """Every setting is a top-level TOML key and the env var ``ASPOSE_PROXY_<KEY>``."""
 
-    A plain pydantic model: ``load_settings`` reads each source itself, so pydantic-settings
-    (its import: ~50 ms of start-up and ~1 MiB resident, issue 11) is not needed.
-    """
-
-    model_config = ConfigDict(
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
         extra="forbid",
         hide_input_in_errors=True,
         validate_default=True,
@@ -157,6 +152,13 @@ class Settings(BaseModel):
     rate_limits: list[RateLimit] = Field(
         default_factory=list, description="token buckets: [{client, per_second, burst}]"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: Any, init_settings: Any, *_: Any, **__: Any
+    ) -> Any:
+        """Only explicit values: ``load_settings`` reads and layers the sources itself."""
+        return (init_settings,)
 
     @field_validator("port")
     @classmethod
@@ -325,32 +327,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError([f"config: {path} is not valid TOML ({exc})"]) from None
 
 
-def _is_complex(annotation: Any) -> bool:
-    """Lists, maps and models (or optional ones) come as JSON in an env var."""
-    origin = get_origin(annotation)
-    if origin in (Union, UnionType):
-        return any(_is_complex(arg) for arg in get_args(annotation) if arg is not type(None))
-    if origin is not None:
-        return origin in (list, dict, set, frozenset, tuple)
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
 def _read_env() -> dict[str, Any]:
     """``ASPOSE_PROXY_<KEY>`` (any case) for each setting; lists, maps and models as JSON."""
-    env = {name.upper(): value for name, value in os.environ.items()}
-    values: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
-        var = f"{ENV_PREFIX}{name.upper()}"
-        if var not in env:
-            continue
-        value: Any = env[var]
-        if _is_complex(field.annotation):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise SettingsError([f"{name}: not valid JSON (from {var})"]) from None
-        values[name] = value
-    return values
+    try:
+        return dict(EnvSettingsSource(Settings)())
+    except Exception as exc:  # pydantic-settings' SettingsError: bad JSON in a complex value
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match.group(1) if match else "settings"
+        raise SettingsError([f"{name}: not valid JSON (from {ENV_PREFIX}{name.upper()})"]) from None
 
 
 def _refuse_service_link(port: object) -> None:

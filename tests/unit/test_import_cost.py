@@ -1,8 +1,8 @@
 """Start-up cost (issue 11): what ``aspose-proxy run`` imports stays what it needs.
 
 Each heavy module here once cost resident memory for nothing: PyJWT pulls in ``cryptography``
-(~9 MiB) where that is installed, only to read a token's ``exp``; pydantic-settings (~50 ms)
-only to read env vars; the sandbox is its own command.
+(~9 MiB) where that is installed, only to read a token's ``exp``; the sandbox is its own
+command. (pydantic-settings stays: it is the project's mandated settings library.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from proxy.tokens import _lifetime, _unverified_claims
 NOT_AT_STARTUP = (
     "jwt",
     "cryptography",
-    "pydantic_settings",
     "proxy.sandbox",
     "proxy.demo",
     "matplotlib",

@@ -1,4 +1,4 @@
-"""Env vars as settings without pydantic-settings (issue 11): the same names and JSON rules."""
+"""Env vars as settings: the names, JSON for lists/maps/models, errors that never show values."""
 
 from __future__ import annotations
 
