@@ -17,7 +17,7 @@ from proxy.body import RequestBody, TeeBody, too_large
 from proxy.errors import BadRequest
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.middleware import ABORTED, UPSTREAM_STATUS
+from proxy.middleware import ABORTED, REQUEST_ID, REQUEST_ID_HEADER, UPSTREAM_STATUS
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
@@ -193,6 +193,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         status, reason = upstream.status, upstream.reason
         headers = outbound_response_headers(upstream.headers.items())
+        headers.append((REQUEST_ID_HEADER, request[REQUEST_ID]))  # upstream's own is dropped
         length = upstream.headers.get("Content-Length")
         has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
         content = upstream.content

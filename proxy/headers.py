@@ -29,8 +29,8 @@ HOP_BY_HOP = frozenset(
 # nginx does).
 REQUEST_DROPPED = HOP_BY_HOP | {"authorization", "x-proxy-key", "host", "expect", "content-length"}
 # aiohttp's server sets these itself from the body it sends; Content-Length is re-added
-# by the handler when upstream sent one.
-RESPONSE_DROPPED = HOP_BY_HOP | {"content-length"}
+# by the handler when upstream sent one. X-Request-Id is the proxy's (the one in its logs).
+RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "x-request-id"}
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import re
 import secrets
@@ -27,7 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from proxy.access import KEY_HEADER, AccessControl, RouteKind
 from proxy.errors import BadRequest, ProxyError, error_response
-from proxy.logging import access_logger
+from proxy.logging import CURRENT_REQUEST_ID, access_logger
 from proxy.metrics import Metrics
 
 log = structlog.get_logger("proxy.access")
@@ -68,7 +67,7 @@ def request_id_for(request: web.BaseRequest) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-Guard = Callable[[web.Request], None]
+Guard = Callable[[web.Request, RouteKind], None]
 
 
 def access_guard(access: AccessControl) -> Guard:
@@ -76,12 +75,10 @@ def access_guard(access: AccessControl) -> Guard:
 
     The rules are read from ``access`` once per request, so a reload swaps them whole.
     """
-    kinds = access.route_kinds
     client_of = access.local_client_of
     forward, probe, metrics = RouteKind.FORWARD, RouteKind.PROBE, RouteKind.METRICS
 
-    def guard(request: web.Request) -> None:
-        kind = kinds.get(request.match_info.route, forward)
+    def guard(request: web.Request, kind: RouteKind) -> None:
         if kind is probe:
             return  # kubelet probes come from the node's address
         rules = access.rules
@@ -108,45 +105,63 @@ def access_guard(access: AccessControl) -> Guard:
     return guard
 
 
-def observe(metrics: Metrics, guard: Guard | None = None) -> Middleware:
-    """The middleware: binds the request id, applies the guards, answers ProxyErrors, logs one
-    line per request."""
+async def _odd_target(request: web.Request) -> web.StreamResponse:
+    # The catch-all route takes every origin-form path: a router miss means an absolute-form,
+    # authority-form (CONNECT) or otherwise odd target.
+    raise BadRequest("Only origin-form requests (a path starting with /) are forwarded.")
 
-    # Bound once, after logging is configured: no lazy-proxy lookup per request.
-    access_log = access_logger()
-    log_requests = access_log.is_enabled_for(logging.INFO)
-    count_request = metrics.count_request
-    count_error = metrics.count_error
-    bind = structlog.contextvars.bind_contextvars
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = request_id_for(request)
+class Observer:
+    """Per-request bookkeeping around a handler: request id, guards, errors, metrics, one line.
+
+    ``middleware()`` applies it to the routes of the app (the proxy's own endpoints);
+    ``direct(handler)`` to forwarded requests, which the server hands over without routing
+    (see ``serve.REQUEST_DISPATCH``): same steps, same order, same line.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        guard: Guard | None = None,
+        route_kinds: dict[object, RouteKind] | None = None,
+    ) -> None:
+        # Bound once, after logging is configured: no lookup per request.
+        self._access_log = access_logger()
+        self._count_request = metrics.count_request
+        self._count_error = metrics.count_error
+        self._guard = guard
+        self.route_kinds = route_kinds if route_kinds is not None else {}
+
+    async def answer(
+        self, request: web.Request, handler: Handler, kind: RouteKind
+    ) -> web.StreamResponse:
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        if incoming and _SAFE_ID.fullmatch(incoming):
+            request_id, from_client = incoming, True
+        else:
+            request_id, from_client = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}", False
         request[REQUEST_ID] = request_id
         # Each request runs in its own task with a copy of the server's (clean) context,
-        # so binding is enough: nothing from another request is there to clear.
-        bind(request_id=request_id)
+        # so setting is enough: nothing from another request is there to clear.
+        CURRENT_REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
         try:
-            if guard is not None:
-                guard(request)  # address -> Host/Origin -> client auth -> operation
-            # Next in the fixed order: rate limit / budget, then the count once upstream answered:
-            # proxy/usage/gate.py wraps the forwarding route, so only forwarded requests pass it.
-            if request.match_info.http_exception is not None:
-                # The catch-all route takes every origin-form path: a miss means an
-                # absolute-form, authority-form (CONNECT) or otherwise odd target.
-                raise BadRequest(
-                    "Only origin-form requests (a path starting with /) are forwarded."
-                )
+            if self._guard is not None:
+                self._guard(request, kind)  # address -> Host/Origin -> client auth -> operation
+            # Next in the fixed order: rate limit / budget, then the count once upstream
+            # answered: proxy/usage/gate.py wraps the forwarding handler, so only forwarded
+            # requests pass it.
             response = await handler(request)
             status = response.status
             return response
         except ProxyError as error:
             status = error.status
-            count_error(status, error.code)
+            self._count_error(status, error.code)
             log.debug("proxy error", error=error.code, message=error.message)
-            return error_response(error, request_id)
+            refusal = error_response(error, request_id)
+            refusal.headers[REQUEST_ID_HEADER] = request_id
+            return refusal
         except web.HTTPException as exc:
             status = exc.status
             raise
@@ -158,27 +173,45 @@ def observe(metrics: Metrics, guard: Guard | None = None) -> Middleware:
             raise
         except Exception:
             log.exception("unhandled error")
-            return error_response(InternalError("The proxy failed unexpectedly."), request_id)
+            failure = error_response(InternalError("The proxy failed unexpectedly."), request_id)
+            failure.headers[REQUEST_ID_HEADER] = request_id
+            return failure
         finally:
-            count_request(status)
-            if log_requests:
-                fields: dict[str, object] = {}
-                if request.get(ABORTED):
-                    fields["aborted"] = True
-                client = request.get(CLIENT_ID)
-                if client:
-                    fields["client"] = client
-                access_log.info(
-                    "request",
-                    request_id=request_id,
-                    method=request.method,
-                    path=request.raw_path.partition("?")[0],  # as sent; the query stays out
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    **fields,
+            self._count_request(status)
+            access_log = self._access_log
+            if access_log.enabled:
+                access_log.request(
+                    request_id,
+                    request.method,
+                    request.raw_path.partition("?")[0],  # as sent; the query stays out
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                    request.get(CLIENT_ID),
+                    request.get(ABORTED, False),
+                    from_client,
                 )
 
-    return middleware
+    def middleware(self) -> Middleware:
+        """The app's middleware: the route's kind picks the guards."""
+        answer, kinds, forward = self.answer, self.route_kinds, RouteKind.FORWARD
+
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            match_info = request.match_info
+            if match_info.http_exception is not None:
+                handler = _odd_target
+            return await answer(request, handler, kinds.get(match_info.route, forward))
+
+        return middleware
+
+    def direct(self, handler: Handler) -> Handler:
+        """``handler`` with every step, as a forwarded request."""
+        answer, forward = self.answer, RouteKind.FORWARD
+
+        async def observed(request: web.Request) -> web.StreamResponse:
+            return await answer(request, handler, forward)
+
+        return observed
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -25,7 +25,7 @@ import functools
 import gc
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpProcessingError
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import BadRequest, HeadTooLarge, ProxyError, error_response
@@ -60,6 +61,9 @@ class ConnectionLimits:
 
 
 CONNECTION_LIMITS = web.AppKey("connection_limits", ConnectionLimits)
+# Set by an app that answers some requests without aiohttp's routing: given the app's own
+# (routed) handler, it returns the handler the server calls for every request.
+REQUEST_DISPATCH: web.AppKey[Callable[[Handler], Handler]] = web.AppKey("request_dispatch")
 
 
 class _NamedRequest(web.Request):
@@ -234,8 +238,13 @@ class _GuardedServer(web.Server):
     def __init__(self, app: web.Application, plain: web.Server, limits: ConnectionLimits) -> None:
         # The plain server's handler and protocol options, as the app set them; the app's
         # requests as _NamedRequest.
+        # Every request is a web.Request (the app's request factory below).
+        handler: Callable[..., Awaitable[web.StreamResponse]] = plain.request_handler
+        dispatch = app.get(REQUEST_DISPATCH)
+        if dispatch is not None:
+            handler = dispatch(handler)
         super().__init__(
-            plain.request_handler,
+            handler,
             request_factory=functools.partial(app._make_request, _cls=_NamedRequest),
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,

@@ -1,8 +1,8 @@
 """The access line's direct JSON path writes exactly what the processor chain writes (issue 11).
 
-``AccessLine`` renders the usual line field by field instead of through structlog's processors;
-these tests render the same calls both ways and compare, so a difference in quoting, order,
-redaction or number format fails here.
+``AccessLine.request`` renders the line as one f-string instead of through structlog's
+processors; these tests render the same request both ways and compare, so a difference in
+quoting, order, redaction or number format fails here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from proxy import logging as proxy_logging
-from proxy.logging import REDACTED, configure_logging
+from proxy.logging import REDACTED, configure_logging, set_log_level
 
 SECRET = "a-client-secret-for-the-tests"
 
@@ -24,88 +24,124 @@ class _Stream(io.StringIO):
         return False
 
 
-def _both_ways(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(direct path line, processor chain line, raw direct line) for one access-line call."""
+def _line(log_format: str, **request: Any) -> tuple[dict[str, Any], str]:
     stream = _Stream()
-    configure_logging("json", "info", [SECRET], stream=stream, flush_interval=0)
-    line = proxy_logging.access_logger()
-    direct = line._json_line("request", dict(fields))
-    assert direct is not None, "the usual line should take the direct path"
-    event: Any = {"event": "request", **fields, "logger": "proxy.access", "level": "info"}
-    for processor in line._processors:
+    configure_logging(log_format, "info", [SECRET], stream=stream, flush_interval=0)  # type: ignore[arg-type]
+    proxy_logging.access_logger().request(**request)
+    raw = stream.getvalue().splitlines()[-1]
+    return (json.loads(raw) if log_format == "json" else {}), raw
+
+
+def _chain(**request: Any) -> dict[str, Any]:
+    """The same line through the processor chain (the general path)."""
+    event: Any = {
+        "event": "request",
+        "request_id": request["request_id"],
+        "method": request["method"],
+        "path": request["path"],
+        "status": request["status"],
+        "duration_ms": round(request["duration_ms"], 2),
+    }
+    if request.get("aborted"):
+        event["aborted"] = True
+    if request.get("client"):
+        event["client"] = request["client"]
+    event.update(logger="proxy.access", level="info")
+    for processor in proxy_logging.access_logger()._processors:
         event = processor(None, "info", event)
-    a, b = json.loads(direct), json.loads(event)
-    a.pop("timestamp"), b.pop("timestamp")
-    return a, b, direct
+    parsed: dict[str, Any] = json.loads(event)
+    return parsed
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {
-            "request_id": "abc",
-            "method": "GET",
-            "path": "/v4.0/words/x",
-            "status": 200,
-            "duration_ms": 1.23,
-        },
-        {
-            "request_id": "r",
-            "method": "PUT",
-            "path": '/v4.0/ü/ñ \\"q"',
-            "status": 413,
-            "duration_ms": 0.5,
-            "aborted": True,
-            "client": "ci-job",
-        },
-        {
-            "request_id": "r",
-            "method": "GET",
-            "path": f"/v4.0/{SECRET}/x",
-            "status": 200,
-            "duration_ms": 12.0,
-        },
-        {
-            "request_id": "r",
-            "method": "GET",
-            "path": "/x?access_token=eyJabc.def",
-            "status": 401,
-            "duration_ms": 3,
-            "note": None,
-        },
-        {"request_id": "r", "status": 200, "duration_ms": float("inf"), "count": 10**20},
-    ],
-)
-def test_direct_json_line_equals_the_processor_chain(fields: dict[str, Any]) -> None:
-    direct, chain, raw = _both_ways(fields)
+REQUESTS = [
+    {"request_id": "abc", "method": "GET", "path": "/v4.0/words/x", "status": 200},
+    {
+        "request_id": "r",
+        "method": "PUT",
+        "path": '/v4.0/ü/ñ \\"q"',
+        "status": 413,
+        "aborted": True,
+        "client": "ci-job",
+    },
+    {"request_id": "r", "method": "GET", "path": f"/v4.0/{SECRET}/x", "status": 200},
+    {"request_id": "eyJhbGciOi.x.y", "method": "GET", "path": "/x", "status": 401},
+    {"request_id": "r", "method": f"M{SECRET}", "path": "/x", "status": 400},
+    {"request_id": "r", "method": "GET", "path": "/x", "status": 200, "client": f"c{SECRET}"},
+]
+
+
+@pytest.mark.parametrize("request_fields", REQUESTS)
+@pytest.mark.parametrize("duration_ms", [1.234, 0.5, 12.0, 3000.999])
+def test_direct_json_line_equals_the_processor_chain(
+    request_fields: dict[str, Any], duration_ms: float
+) -> None:
+    fields = {**request_fields, "duration_ms": duration_ms}
+    direct, raw = _line("json", **fields)
+    chain = _chain(**fields)
+    direct.pop("timestamp"), chain.pop("timestamp")
     assert direct == chain
-    assert SECRET not in raw and "eyJabc" not in raw
-    assert list(json.loads(raw)) == [*chain_keys(fields), "logger", "level", "timestamp"]
+    assert list(direct) == list(chain)
+    assert SECRET not in raw and "eyJhbGciOi" not in raw
 
 
-def chain_keys(fields: dict[str, Any]) -> list[str]:
-    return ["event", *fields]
+def test_secret_in_a_path_is_masked_every_time() -> None:
+    """The quoted path is remembered: the second request gets the same masked text."""
+    for _ in range(2):
+        written, _ = _line(
+            "json",
+            request_id="r",
+            method="GET",
+            path=f"/v4.0/{SECRET}",
+            status=200,
+            duration_ms=1.0,
+        )
+        assert written["path"] == f"/v4.0/{REDACTED}"
 
 
-def test_secret_in_a_path_is_masked_on_the_direct_path() -> None:
-    _, _, raw = _both_ways({"path": f"/v4.0/{SECRET}", "status": 200})
-    assert json.loads(raw)["path"] == f"/v4.0/{REDACTED}"
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"authorization": "Bearer x"},  # a credential's name: the chain masks the value
-        {"level": "error"},  # one of the chain's own keys
-        {"headers": {"a": "b"}},  # not a plain value
-    ],
-)
-def test_anything_unusual_takes_the_processor_chain(fields: dict[str, Any]) -> None:
+def test_a_secret_added_later_is_masked_in_remembered_paths() -> None:
     stream = _Stream()
     configure_logging("json", "info", [SECRET], stream=stream, flush_interval=0)
     line = proxy_logging.access_logger()
-    assert line._json_line("request", dict(fields)) is None
-    line.info("request", **fields)
-    written = json.loads(stream.getvalue().splitlines()[-1])
-    if "authorization" in fields:
-        assert written["authorization"] == REDACTED
+    rotated = "a-rotated-secret-value"
+    line.request("r", "GET", f"/v4.0/{rotated}", 200, 1.0)
+    assert rotated in stream.getvalue()  # not a secret yet
+    proxy_logging.add_secrets([rotated])
+    line.request("r", "GET", f"/v4.0/{rotated}", 200, 1.0)
+    assert rotated not in stream.getvalue().splitlines()[-1]
+
+
+def test_generated_request_ids_are_written_as_they_are() -> None:
+    written, _ = _line(
+        "json",
+        request_id="0123abcd",
+        method="GET",
+        path="/x",
+        status=200,
+        duration_ms=1.0,
+        id_from_client=False,
+    )
+    assert written["request_id"] == "0123abcd"
+
+
+def test_console_format_takes_the_processor_chain() -> None:
+    _, raw = _line(
+        "console",
+        request_id="r",
+        method="GET",
+        path=f"/v4.0/{SECRET}",
+        status=200,
+        duration_ms=1.0,
+        client="ci-job",
+    )
+    assert "request" in raw and "ci-job" in raw and SECRET not in raw
+
+
+def test_the_level_is_read_per_request() -> None:
+    stream = _Stream()
+    configure_logging("json", "info", [], stream=stream, flush_interval=0)
+    line = proxy_logging.access_logger()
+    assert line.enabled
+    set_log_level("warning")
+    assert not line.enabled
+    set_log_level("info")
+    assert line.enabled
