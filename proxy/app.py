@@ -79,10 +79,10 @@ async def expect_continue(request: web.Request) -> None:
     """aiohttp calls this before the middleware: a request the guards refuse gets no
     100 Continue (so no body is sent), and the middleware then answers the refusal."""
     try:
-        request.app[GUARD](request, RouteKind.FORWARD)
+        client = request.app[GUARD](request, RouteKind.FORWARD)
     except ProxyError:
         return
-    if await request.app[USAGE].refuses(request):
+    if await request.app[USAGE].refuses(request, client):
         return  # a spent budget: the handler answers 429 before any body is sent
     await request.app[FORWARDER].expect_continue(request)
 

@@ -17,7 +17,7 @@ from proxy.body import RequestBody, TeeBody, too_large
 from proxy.errors import BadRequest
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.middleware import ABORTED, REQUEST_ID, REQUEST_ID_HEADER, UPSTREAM_STATUS
+from proxy.middleware import EXCHANGE, REQUEST_ID_HEADER, Exchange
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
@@ -108,11 +108,12 @@ class Forwarder:
                     max_size=self._max_body,
                     spool_dir=self._spool_dir,
                 )
+        exchange = request[EXCHANGE]
         try:
             upstream = await self._send(request, raw_target, body)
-            request[UPSTREAM_STATUS] = upstream.status
+            exchange.upstream_status = upstream.status
             try:
-                return await self._stream_back(request, upstream)
+                return await self._stream_back(request, upstream, exchange)
             finally:
                 upstream.release()
         finally:
@@ -137,7 +138,7 @@ class Forwarder:
         idempotent = method in IDEMPOTENT_METHODS
         session = self._session
         loop = self._loop
-        latency = self._metrics.upstream_latency
+        observe_latency = self._metrics.observe_upstream_latency
         sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
 
         async def send(token: str) -> aiohttp.ClientResponse:
@@ -154,7 +155,7 @@ class Forwarder:
                         await tee.finish()
                         length = [("Content-Length", str(tee.size))]
                         payload = tee.chunks()
-                out = outbound_request_headers(in_headers.items(), token) + length
+                out = outbound_request_headers(in_headers, token) + length
                 started = loop.time()
                 try:
                     response = await session.request(
@@ -174,7 +175,7 @@ class Forwarder:
                         "upstream request failed", error=error.code, cause=type(exc).__name__
                     )
                     raise error from None
-                latency.observe(loop.time() - started)
+                observe_latency(loop.time() - started)
                 return response
 
         def may_replay() -> bool:
@@ -189,11 +190,11 @@ class Forwarder:
         log.info("upstream answered 401: replaying once with a renewed token")
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
     ) -> web.StreamResponse:
         status, reason = upstream.status, upstream.reason
-        headers = outbound_response_headers(upstream.headers.items())
-        headers.append((REQUEST_ID_HEADER, request[REQUEST_ID]))  # upstream's own is dropped
+        headers = outbound_response_headers(upstream.headers)
+        headers.append((REQUEST_ID_HEADER, exchange.request_id))  # upstream's own is dropped
         length = upstream.headers.get("Content-Length")
         has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
         content = upstream.content
@@ -219,7 +220,7 @@ class Forwarder:
             # The client must see a broken response, not a complete-looking one: close the
             # connection without the final chunk (or short of Content-Length).
             log.warning("upstream broke mid-body; aborting the response", cause=type(exc).__name__)
-            request[ABORTED] = True
+            exchange.aborted = True
             if request.transport is not None:
                 request.transport.close()
             return response

@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 from pydantic import SecretStr
 
-from proxy.middleware import CLIENT_ID
+from proxy.middleware import EXCHANGE
 from proxy.oauth import TOKEN_PATHS, TokenRequest, matches, read_token_request
 
 PLACEHOLDER_PREFIX = "aspose-proxy."
@@ -82,7 +82,7 @@ class LocalTokens:
         if client_id is None:
             return _oauth_error("invalid_client")
         if client_id:
-            request[CLIENT_ID] = client_id
+            request[EXCHANGE].client = client_id
         body = {
             "access_token": self.issue(client_id),
             "expires_in": LIFETIME,

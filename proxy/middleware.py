@@ -47,12 +47,25 @@ def _new_id_prefix() -> None:
 os.register_at_fork(after_in_child=_new_id_prefix)
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
 
-REQUEST_ID = web.RequestKey("request_id", str)
-# The client's name: its access key's name or its local client id (absent = anonymous).
-CLIENT_ID = web.RequestKey("client_id", str)
-ABORTED = web.RequestKey("aborted", bool)  # the response was cut because upstream broke
-# Upstream answered with this status: the request is a call (counted even if the client left).
-UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
+
+class Exchange:
+    """What the steps of one request tell each other and the access line, in one object: one
+    lookup per step, attributes that always exist (``request.get`` on a missing key raises
+    and catches a KeyError inside aiohttp, thousands of instructions)."""
+
+    __slots__ = ("aborted", "client", "request_id", "upstream_status")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        # The client's name: its access key's name or its local client id (None: anonymous).
+        self.client: str | None = None
+        self.aborted = False  # the response was cut because upstream broke
+        # Upstream answered with this status: the request is a call (counted even if the
+        # client left before the answer was sent).
+        self.upstream_status: int | None = None
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 class InternalError(ProxyError):
@@ -67,7 +80,8 @@ def request_id_for(request: web.BaseRequest) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
-Guard = Callable[[web.Request, RouteKind], None]
+# The guards: raise the first refusal, else return the client's name (None: anonymous).
+Guard = Callable[[web.Request, RouteKind], str | None]
 
 
 def access_guard(access: AccessControl) -> Guard:
@@ -78,9 +92,9 @@ def access_guard(access: AccessControl) -> Guard:
     client_of = access.local_client_of
     forward, probe, metrics = RouteKind.FORWARD, RouteKind.PROBE, RouteKind.METRICS
 
-    def guard(request: web.Request, kind: RouteKind) -> None:
+    def guard(request: web.Request, kind: RouteKind) -> str | None:
         if kind is probe:
-            return  # kubelet probes come from the node's address
+            return None  # kubelet probes come from the node's address
         rules = access.rules
         # The remembered "allowed" answers are looked up here: a call only on a miss or a no.
         if not rules.everyone and rules.address_answers.get(request.remote) is not True:
@@ -94,13 +108,13 @@ def access_guard(access: AccessControl) -> Guard:
         if origin is not None:
             rules.check_origin(origin)
         if kind is not forward:
-            return
+            return None
+        client = None
         if rules.identifies_clients:
             client = rules.client(headers.get(KEY_HEADER), headers.get("Authorization"), client_of)
-            if client:
-                request[CLIENT_ID] = client
         if rules.limits_operations:
             rules.check_operation(request.method, request.raw_path)
+        return client
 
     return guard
 
@@ -140,7 +154,7 @@ class Observer:
             request_id, from_client = incoming, True
         else:
             request_id, from_client = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}", False
-        request[REQUEST_ID] = request_id
+        exchange = request[EXCHANGE] = Exchange(request_id)
         # Each request runs in its own task with a copy of the server's (clean) context,
         # so setting is enough: nothing from another request is there to clear.
         CURRENT_REQUEST_ID.set(request_id)
@@ -148,7 +162,8 @@ class Observer:
         status = 500
         try:
             if self._guard is not None:
-                self._guard(request, kind)  # address -> Host/Origin -> client auth -> operation
+                # address -> Host/Origin -> client auth -> operation
+                exchange.client = self._guard(request, kind) or None
             # Next in the fixed order: rate limit / budget, then the count once upstream
             # answered: proxy/usage/gate.py wraps the forwarding handler, so only forwarded
             # requests pass it.
@@ -186,8 +201,8 @@ class Observer:
                     request.raw_path.partition("?")[0],  # as sent; the query stays out
                     status,
                     (time.perf_counter() - started) * 1000,
-                    request.get(CLIENT_ID),
-                    request.get(ABORTED, False),
+                    exchange.client,
+                    exchange.aborted,
                     from_client,
                 )
 
@@ -216,6 +231,6 @@ class Observer:
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every response carries the id that is in the logs."""
-    request_id = request.get(REQUEST_ID)
-    if request_id:
-        response.headers[REQUEST_ID_HEADER] = request_id
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        response.headers[REQUEST_ID_HEADER] = exchange.request_id

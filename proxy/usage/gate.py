@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.middleware import CLIENT_ID, UPSTREAM_STATUS
+from proxy.middleware import EXCHANGE
 from proxy.settings import Settings
 from proxy.usage.budgets import Limits
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
@@ -48,7 +48,8 @@ class Usage:
         classified: dict[str, tuple[str, str]] = {}
 
         async def accounted(request: web.Request) -> web.StreamResponse:
-            client = (request.get(CLIENT_ID) or ANONYMOUS) if usage.names_clients else ANONYMOUS
+            exchange = request[EXCHANGE]
+            client = (exchange.client or ANONYMOUS) if usage.names_clients else ANONYMOUS
             path = request.raw_path
             attribution = classified.get(path)
             if attribution is None:
@@ -64,7 +65,7 @@ class Usage:
             try:
                 response = await forward(request)
             except BaseException:
-                status = request.get(UPSTREAM_STATUS)
+                status = exchange.upstream_status
                 if status is not None:  # upstream answered, then the client left: a call
                     key = (client, product, kind, classes[status // 100 % 10])
                     totals[key] = totals.get(key, 0) + 1
@@ -77,14 +78,15 @@ class Usage:
 
         return accounted
 
-    async def refuses(self, request: web.Request) -> bool:
-        """Whether a budget for this request is already spent: then no ``100 Continue``."""
+    async def refuses(self, request: web.Request, client: str | None) -> bool:
+        """Whether a budget for this request (of ``client``, named by the guards) is already
+        spent: then no ``100 Continue``."""
         limits = self.limits
         if not limits.budgets:
             return False
         product, _ = classify(request.raw_path)
         try:
-            return await limits.spent(request.get(CLIENT_ID) or ANONYMOUS, product)
+            return await limits.spent(client or ANONYMOUS, product)
         except Exception:
             return False  # the handler's own check answers (503 when the store is down)
 
