@@ -11,6 +11,7 @@ import asyncio
 import aiohttp
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from proxy.auth import send_with_token
 from proxy.body import RequestBody, TeeBody, too_large
@@ -28,6 +29,7 @@ FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", 
 # RFC 9110 §9.2.2: safe to send twice when a connection broke before the answer.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 NO_BODY_STATUSES = frozenset({204, 304})
+URLS_REMEMBERED = 1024
 EMPTY_BODY = RequestBody()
 
 
@@ -59,6 +61,10 @@ class Forwarder:
         self._tokens = tokens
         self._metrics = metrics
         self._target = UpstreamTarget(settings.upstream_url)
+        # Upstream URL per request target: clients repeat a few paths, and a URL reused keeps
+        # what yarl and aiohttp cache on it. Cleared when full (endless distinct paths cost a
+        # URL.build each, as without it, not memory).
+        self._urls: dict[str, URL] = {}
         self._read_timeout = settings.read_timeout
         self._memory_limit = settings.body_memory_limit
         self._max_body = settings.max_body_size
@@ -122,18 +128,29 @@ class Forwarder:
     async def _send(
         self, request: web.Request, raw_target: str, body: RequestBody
     ) -> aiohttp.ClientResponse:
-        url = self._target.url_for(raw_target)
+        url = self._urls.get(raw_target)
+        if url is None:
+            if len(self._urls) >= URLS_REMEMBERED:
+                self._urls.clear()
+            url = self._urls[raw_target] = self._target.url_for(raw_target)
         in_headers = request.headers
-        data = body.in_memory
-        spilled = data is None
-        tee = body if isinstance(body, TeeBody) else None
-        # spilled: streamed from disk, so say its length ourselves (aiohttp does for bytes);
-        # a tee body's length is the one the client declared.
-        length = [("Content-Length", str(request.content_length if tee else body.size))]
-        if not spilled:
-            length = []
-            if not data and "Content-Length" not in in_headers:
-                data = None  # no body at all: send none
+        length: list[tuple[str, str]] = []
+        tee = None
+        if body is EMPTY_BODY:
+            # No body; a declared "Content-Length: 0" is kept (aiohttp sends it for b"").
+            data: bytes | None = b"" if "Content-Length" in in_headers else None
+            spilled = False
+        else:
+            data = body.in_memory
+            spilled = data is None
+            if spilled:
+                # Streamed (from the client or the disk), so say its length ourselves (aiohttp
+                # does for bytes); a tee body's length is the one the client declared.
+                tee = body if isinstance(body, TeeBody) else None
+                size = request.content_length if tee else body.size
+                length = [("Content-Length", str(size))]
+            elif not data and "Content-Length" not in in_headers:
+                data = None  # a chunked upload of nothing: send no body at all
         method = request.method
         idempotent = method in IDEMPOTENT_METHODS
         session = self._session
