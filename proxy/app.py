@@ -105,13 +105,14 @@ def _own_paths(router: web.UrlDispatcher) -> tuple[frozenset[str], tuple[str, ..
 def _dispatch(app: web.Application, observer: Observer) -> Callable[[Handler], Handler]:
     """Forwarded requests skip aiohttp's router and middleware chain (a fifth of aiohttp's
     cost for a small request, issue 11): a request whose target certainly resolves to the
-    catch-all route goes straight to ``observer.direct``. Anything else (the proxy's own
-    paths, a percent-encoded path that might decode to one, an odd target, an ``Expect``
-    header, which the route's expect handler answers) takes the routed way."""
+    catch-all route goes straight to ``observer.answer`` as a forwarded request. Anything
+    else (the proxy's own paths, a percent-encoded path that might decode to one, an odd
+    target, an ``Expect`` header, which the route's expect handler answers) takes the
+    routed way."""
     exact, prefixes = _own_paths(app.router)
 
     def make(routed: Handler) -> Handler:
-        forward_directly = observer.direct(app[FORWARD])
+        answer, forwarded, kind = observer.answer, app[FORWARD], RouteKind.FORWARD
 
         async def dispatch(request: web.Request) -> web.StreamResponse:
             target = request.raw_path
@@ -122,7 +123,7 @@ def _dispatch(app: web.Application, observer: Observer) -> Callable[[Handler], H
                 path = request.path  # decoded, as the router would see it
             if path in exact or path.startswith(prefixes):
                 return await routed(request)
-            return await forward_directly(request)
+            return await answer(request, forwarded, kind)
 
         return dispatch
 

@@ -15,6 +15,7 @@ R = TypeVar("R")
 
 
 class TokenSource(Protocol):
+    def valid_token(self) -> Token | None: ...
     async def get(self) -> Token: ...
     async def renew(self, rejected: Token) -> Token: ...
 
@@ -32,7 +33,8 @@ async def send_with_token(
     ``may_replay`` is asked first: a request already resent once (a stale connection) is not
     sent a third time, its 401 goes back to the client as it is.
     """
-    token = await tokens.get()
+    # The held token when it is valid (nearly always: no coroutine), else wait for one.
+    token = tokens.valid_token() or await tokens.get()
     response = await send(token.value)
     if status_of(response) != 401 or not may_replay():
         return response

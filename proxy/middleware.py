@@ -128,9 +128,9 @@ async def _odd_target(request: web.Request) -> web.StreamResponse:
 class Observer:
     """Per-request bookkeeping around a handler: request id, guards, errors, metrics, one line.
 
-    ``middleware()`` applies it to the routes of the app (the proxy's own endpoints);
-    ``direct(handler)`` to forwarded requests, which the server hands over without routing
-    (see ``serve.REQUEST_DISPATCH``): same steps, same order, same line.
+    ``middleware()`` applies it to the routes of the app (the proxy's own endpoints); the
+    server hands forwarded requests to ``answer`` without routing (``app._dispatch``): same
+    steps, same order, same line.
     """
 
     def __init__(
@@ -218,15 +218,6 @@ class Observer:
             return await answer(request, handler, kinds.get(match_info.route, forward))
 
         return middleware
-
-    def direct(self, handler: Handler) -> Handler:
-        """``handler`` with every step, as a forwarded request."""
-        answer, forward = self.answer, RouteKind.FORWARD
-
-        async def observed(request: web.Request) -> web.StreamResponse:
-            return await answer(request, handler, forward)
-
-        return observed
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
