@@ -331,3 +331,36 @@ async def test_small_chunked_upstream_answer_arrives_whole_and_chunked(
     assert response.header("Content-Length") is None
     assert response.header("Transfer-Encoding") == "chunked"
     assert b"part one, " in response.body and b"part two" in response.body
+
+
+@pytest.mark.parametrize(
+    ("target", "answered_by_proxy"),
+    [
+        ("/healthz", True),
+        ("/heal%74hz", True),  # decodes to /healthz: routed, as aiohttp's router decodes it
+        ("/_proxy/usage", True),
+        ("/_pro%78y/usage", True),
+        ("/healthz/", False),  # not one of the proxy's own paths: forwarded
+        ("/v4.0/sandbox/echo/%5Fproxy", False),
+    ],
+)
+async def test_own_paths_are_answered_and_everything_else_forwarded(
+    proxy: RunningProxy, sandbox: RunningSandbox, target: str, answered_by_proxy: bool
+) -> None:
+    """Forwarded requests skip the router (issue 11); the proxy's own paths, also written
+    percent-encoded, must still be answered by the proxy and never reach upstream."""
+    before = (await sandbox.stats())["api_requests"]
+    async with proxy.client.get(URL(proxy.url + target, encoded=True)) as response:
+        await response.read()
+        assert response.headers.get("X-Request-Id")
+    reached = (await sandbox.stats())["api_requests"] - before
+    assert reached == (0 if answered_by_proxy else 1), (target, response.status)
+
+
+async def test_forwarded_answer_carries_the_proxys_request_id_not_upstreams(
+    proxy: RunningProxy,
+) -> None:
+    async with proxy.client.get(
+        URL(proxy.url + ECHO + "/x", encoded=True), headers={"X-Request-Id": "mine-123"}
+    ) as response:
+        assert response.headers.getall("X-Request-Id") == ["mine-123"]
