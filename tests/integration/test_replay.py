@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import RunningSandbox, SandboxFactory
 from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.rawhttp import open_to, read_head
@@ -225,3 +227,22 @@ async def test_revoked_token_replays_a_spilled_chunked_upload(
     assert echoed["body_sha256"] == hashlib.sha256(expected).hexdigest()
     assert header_values(echoed, "Content-Length") == [str(len(expected))]
     assert (await sandbox.stats())["revoked_token_requests"] == 1
+
+
+async def test_401_mid_upload_is_replayed_whole_when_spool_writes_are_slow(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every spool write counts as slow, so the copy goes on in a thread (issue 11): the
+    replay after a mid-upload 401 still sends the whole body."""
+    monkeypatch.setattr("proxy.body.SLOW_WRITE", -1.0)
+    proxy = await proxy_factory(body_memory_limit=64 * 1024)
+    await post_echo(proxy, b"warm-up")
+    await sandbox.control("revoke")
+
+    async def upstream_refused_it() -> None:
+        await wait_for_stat(sandbox, "revoked_token_requests", 1)
+
+    echoed = await upload_in_two_halves(proxy, upstream_refused_it)
+    assert echoed["body_sha256"] == hashlib.sha256(BIG).hexdigest()
+    assert echoed["body_length"] == len(BIG)
+    assert await metric(proxy, "aspose_proxy_replays_total") == 1

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import StreamReader
 
-from proxy.body import RequestBody, TeeBody
+from proxy.body import SLOW_WRITES, RequestBody, TeeBody
 from proxy.errors import BodyTooLarge, InsufficientStorage
 
 KiB = 1024
@@ -340,4 +340,142 @@ async def test_tee_finish_waits_for_the_cancelled_first_send_to_let_go_of_the_st
         assert await collect(body) == data
     finally:
         await feeder
+        body.close()
+
+
+# Spool writes: on the loop while fast, in a thread after a slow one (issue 11).
+
+
+async def test_tee_chunk_is_in_the_copy_before_it_is_handed_on(spool: Path) -> None:
+    """Fast spool writes happen on the loop, before the chunk goes upstream: no thread hop."""
+    data = payload(3 * MiB)
+    body = await open_tee(stream_of(split(data, 700_000)), spool)
+    try:
+        assert body._file is not None
+        sent = 0
+        async for chunk in body.stream():
+            sent += len(chunk)
+            assert os.fstat(body._file.fileno()).st_size == sent
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+@pytest.fixture
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every spool write counts as slow: after SLOW_WRITES, each body is copied in a thread."""
+    monkeypatch.setattr("proxy.body.SLOW_WRITE", -1.0)
+
+
+async def trickle(stream: StreamReader, parts: list[bytes]) -> None:
+    """Feed ``parts`` one loop turn apart, as a socket would: readany() gets many chunks."""
+    for part in parts:
+        stream.feed_data(part)
+        await asyncio.sleep(0)
+    stream.feed_eof()
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_tee_after_a_slow_spool_write_the_copy_goes_on_in_a_thread(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(5 * MiB + 3)
+    stream = make_stream()
+    body = await open_tee(stream, spool)
+    assert body._file is not None
+    batches: list[int] = []
+    writelines = body._file.writelines
+
+    def counted(lines: list[bytes]) -> None:
+        batches.append(sum(map(len, lines)))
+        writelines(lines)
+
+    monkeypatch.setattr(body._file, "writelines", counted)
+    feeder = asyncio.create_task(trickle(stream, split(data, 300_000)))
+    try:
+        assert await drain(body) == data
+        assert body._slow_writes == SLOW_WRITES
+        # All but the first SLOW_WRITES chunks, written on the loop before the switch.
+        assert batches and sum(batches) == len(data) - SLOW_WRITES * 300_000
+        assert await collect(body) == data
+    finally:
+        await feeder
+        body.close()
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_tee_finish_after_a_slow_spool_write_completes_the_copy(spool: Path) -> None:
+    data = payload(5 * MiB)
+    parts = split(data, 64 * KiB)
+    stream = stream_of(parts[:20], eof=False)
+    body = await open_tee(stream, spool)
+    sender = asyncio.create_task(drain(body))
+    await asyncio.sleep(0.05)
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    for part in parts[20:]:
+        stream.feed_data(part)
+    stream.feed_eof()
+    try:
+        await body.finish()
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_tee_spool_failure_in_the_thread_stops_the_first_send(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = make_stream()
+    body = await open_tee(stream, spool)
+    assert body._file is not None
+    spool_file = body._file
+    write = spool_file.write
+
+    def on_the_loop(data: bytes) -> int:
+        monkeypatch.setattr(spool_file, "writelines", writelines_full)
+        return write(data)
+
+    def writelines_full(lines: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_file, "write", on_the_loop)
+    feeder = asyncio.create_task(trickle(stream, split(payload(4 * MiB), 64 * KiB)))
+    try:
+        with pytest.raises(InsufficientStorage):
+            await drain(body)
+        assert isinstance(body.failure, InsufficientStorage)
+        with pytest.raises(InsufficientStorage):
+            await body.finish()
+    finally:
+        feeder.cancel()
+        body.close()
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_read_after_a_slow_spool_write_the_copy_goes_on_in_a_thread(spool: Path) -> None:
+    data = payload(5 * MiB + 3)
+    stream = make_stream()
+    feeder = asyncio.create_task(trickle(stream, split(data, 300_000)))
+    body = await read(stream, spool, memory_limit=KiB)
+    await feeder
+    try:
+        assert body.in_memory is None
+        assert await collect(body) == data
+    finally:
+        body.close()
+
+
+async def test_read_spills_on_the_loop_and_replays_identically(spool: Path) -> None:
+    data = payload(5 * MiB + 3)
+    stream = make_stream()
+    feeder = asyncio.create_task(trickle(stream, split(data, 300_000)))
+    body = await read(stream, spool, memory_limit=64 * KiB)
+    await feeder
+    try:
+        assert body.spilled
+        assert await collect(body) == data
+    finally:
         body.close()
