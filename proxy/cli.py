@@ -297,24 +297,26 @@ async def _check(settings: Settings) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from proxy import supervisor
     from proxy.app import create_app
     from proxy.reload import SETTINGS_LOADER
     from proxy.serve import announce, start_server, wait_for_stop_signal
 
     worker: int | None = args.worker
     local_token_key = None
-    if worker is None:
-        count, fallback = supervisor.worker_count(
-            settings.workers, supervisor.usable_cpus(), supervisor.reuse_port_supported()
-        )
-        if fallback:
-            log.warning(fallback)
-        if count > 1:
-            return await supervisor.Supervisor(settings, argv, count).run()
-    else:
-        supervisor.follow_parent(args.supervisor)
-        local_token_key = supervisor.read_local_token_key(args.run_dir)
+    if worker is not None or settings.workers != 1:  # one process needs no supervisor (issue 11)
+        from proxy import supervisor
+
+        if worker is None:
+            count, fallback = supervisor.worker_count(
+                settings.workers, supervisor.usable_cpus(), supervisor.reuse_port_supported()
+            )
+            if fallback:
+                log.warning(fallback)
+            if count > 1:
+                return await supervisor.Supervisor(settings, argv, count).run()
+        else:
+            supervisor.follow_parent(args.supervisor)
+            local_token_key = supervisor.read_local_token_key(args.run_dir)
     app = create_app(settings, local_token_key=local_token_key)
     app[SETTINGS_LOADER] = lambda: _load(args).settings  # SIGHUP: the same sources again
     server = await start_server(

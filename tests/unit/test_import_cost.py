@@ -2,20 +2,24 @@
 
 Each heavy module here once cost resident memory for nothing: PyJWT pulls in ``cryptography``
 (~9 MiB) where that is installed, only to read a token's ``exp``; the sandbox is its own
-command. (pydantic-settings stays: it is the project's mandated settings library.)
+command. (pydantic-settings stays: it is the project's mandated settings library.) A redis
+client, SQLite and the supervisor of ``--workers N`` are loaded only by the runs that use them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
+from proxy.settings import Settings
 from proxy.tokens import _lifetime, _unverified_claims
+from proxy.upstream import Egress
 
 NOT_AT_STARTUP = (
     "jwt",
@@ -23,10 +27,18 @@ NOT_AT_STARTUP = (
     "proxy.sandbox",
     "proxy.demo",
     "matplotlib",
+    "redis",
+    "sqlite3",
+    "proxy.usage.redis",
+    "proxy.usage.sqlite",
+    "proxy.supervisor",
+    "ctypes",
 )
+# What one `aspose-proxy run` (one process, usage_store off) loads from start to stop.
+UNUSED_IN_A_RUN = ("proxy.supervisor", "ctypes", "redis", "sqlite3", *NOT_AT_STARTUP)
 
 
-def test_run_imports_no_jwt_cryptography_or_sandbox() -> None:
+def test_start_up_imports_no_heavy_or_rarely_needed_module() -> None:
     code = (
         "import sys, proxy.cli, proxy.app, proxy.serve\n"
         f"print(','.join(m for m in {NOT_AT_STARTUP!r} if m in sys.modules))"
@@ -35,6 +47,33 @@ def test_run_imports_no_jwt_cryptography_or_sandbox() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"
+
+
+def test_a_single_process_run_loads_no_supervisor_and_no_unused_store() -> None:
+    code = (
+        "import sys, proxy.cli, proxy.serve\n"
+        "async def stop_at_once() -> None: ...\n"
+        "proxy.serve.wait_for_stop_signal = stop_at_once\n"
+        "proxy.cli.main(['run', '--port', '0', '--shutdown-grace', '0', '--usage-store', 'off'])\n"
+        f"print('loaded:', ','.join(m for m in {UNUSED_IN_A_RUN!r} if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASPOSE_PROXY_")}
+    env |= {
+        "ASPOSE_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",  # nothing there: no token, no matter
+        "ASPOSE_PROXY_CLIENT_ID": "import-cost",
+        "ASPOSE_PROXY_CLIENT_SECRET": "import-cost-secret",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded: \n" in done.stdout, done.stdout
+
+
+def test_without_ca_file_the_sessions_use_aiohttps_verified_context() -> None:
+    # True: aiohttp's own context (system CAs, verification on), built once when aiohttp is
+    # imported; a second copy of the system's CAs would cost ~0.7 MiB and ~50 ms (issue 11).
+    assert Egress.from_settings(Settings(client_id="x", usage_store="off")).tls is True
 
 
 def _jwt(payload: object) -> str:
