@@ -42,7 +42,6 @@ from proxy.middleware import REQUEST_ID_HEADER, request_id_for
 log = structlog.get_logger("proxy.serve")
 
 SERVER_NAME = "aspose-proxy"  # the proxy's own answers name no versions
-GC_YOUNG_THRESHOLD = 10_000  # net allocations between young collections (Python's default: 700)
 
 
 @dataclass(frozen=True)
@@ -319,11 +318,6 @@ async def start_server(
     # Everything alive now lives as long as the server: keep it out of the cyclic GC's full
     # scans, which otherwise pause the loop for milliseconds (p99 went from ~35 to ~13 ms).
     gc.freeze()
-    # Almost everything a request allocates is freed by reference counting; the cyclic GC's
-    # young-generation scans mostly walk the objects of requests still in flight. At the
-    # default threshold (700) a 32-connection load ran ~0.055 of them per request (and a full
-    # collection every ~2,000), ~3-5 % of the proxy's CPU (gc.get_stats, callgrind; issue 11).
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     address = runner.addresses[0]
     bound_host, bound_port = address[0], address[1]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
