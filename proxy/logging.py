@@ -323,8 +323,23 @@ class AccessLine:
         id_from_client: bool = True,
     ) -> None:
         """Write the line for one answered request (``path`` without its query)."""
-        if not self._json:
-            self._general(request_id, method, path, status, round(duration_ms, 2), client, aborted)
+        if not self._json:  # the console: through the processor chain
+            event: Any = {
+                "event": "request",
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration_ms, 2),
+            }
+            if aborted:
+                event["aborted"] = True
+            if client:
+                event["client"] = client
+            event["logger"], event["level"] = ACCESS_LOGGER, "info"
+            for processor in self._processors:
+                event = processor(None, "info", event)
+            self._write(event)
             return
         quoted_path = self._paths.get(path)
         if quoted_path is None:
@@ -350,33 +365,6 @@ class AccessLine:
             f'"path": {quoted_path}, "status": {status}, "duration_ms": {duration_ms:.2f}'
             f'{extra}{_ACCESS_TAIL}{self._timestamper.now()}"}}'
         )
-
-    def _general(
-        self,
-        request_id: str,
-        method: str,
-        path: str,
-        status: int,
-        duration_ms: float,
-        client: str | None,
-        aborted: bool,
-    ) -> None:
-        event: Any = {
-            "event": "request",
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-        }
-        if aborted:
-            event["aborted"] = True
-        if client:
-            event["client"] = client
-        event["logger"], event["level"] = ACCESS_LOGGER, "info"
-        for processor in self._processors:
-            event = processor(None, "info", event)
-        self._write(event)
 
 
 def add_secrets(secrets: Iterable[str]) -> None:

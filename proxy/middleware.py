@@ -74,10 +74,15 @@ class InternalError(ProxyError):
 
 def request_id_for(request: web.BaseRequest) -> str:
     """The client's ``X-Request-Id`` when it is a sane token, else a fresh one."""
+    return _request_id(request)[0]
+
+
+def _request_id(request: web.BaseRequest) -> tuple[str, bool]:
+    """The request id, and whether the client chose it (then the log line redacts it)."""
     incoming = request.headers.get(REQUEST_ID_HEADER)
     if incoming and _SAFE_ID.fullmatch(incoming):
-        return incoming
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+        return incoming, True
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}", False
 
 
 # The guards: raise the first refusal, else return the client's name (None: anonymous).
@@ -149,11 +154,7 @@ class Observer:
     async def answer(
         self, request: web.Request, handler: Handler, kind: RouteKind
     ) -> web.StreamResponse:
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        if incoming and _SAFE_ID.fullmatch(incoming):
-            request_id, from_client = incoming, True
-        else:
-            request_id, from_client = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}", False
+        request_id, from_client = _request_id(request)
         exchange = request[EXCHANGE] = Exchange(request_id)
         # Each request runs in its own task with a copy of the server's (clean) context,
         # so setting is enough: nothing from another request is there to clear.
