@@ -24,10 +24,14 @@ class _Stream(io.StringIO):
         return False
 
 
+# A plain request; each test names only what it is about.
+PLAIN = {"request_id": "r", "method": "GET", "path": "/x", "status": 200, "duration_ms": 1.0}
+
+
 def _line(log_format: str, **request: Any) -> tuple[dict[str, Any], str]:
     stream = _Stream()
     configure_logging(log_format, "info", [SECRET], stream=stream, flush_interval=0)  # type: ignore[arg-type]
-    proxy_logging.access_logger().request(**request)
+    proxy_logging.access_logger().request(**{**PLAIN, **request})
     raw = stream.getvalue().splitlines()[-1]
     return (json.loads(raw) if log_format == "json" else {}), raw
 
@@ -85,17 +89,15 @@ def test_direct_json_line_equals_the_processor_chain(
 
 
 def test_secret_in_a_path_is_masked_every_time() -> None:
-    """The quoted path is remembered: the second request gets the same masked text."""
+    """The quoted path is remembered: the second request (same writer) gets the same masked
+    text."""
+    stream = _Stream()
+    configure_logging("json", "info", [SECRET], stream=stream, flush_interval=0)
+    line = proxy_logging.access_logger()
     for _ in range(2):
-        written, _ = _line(
-            "json",
-            request_id="r",
-            method="GET",
-            path=f"/v4.0/{SECRET}",
-            status=200,
-            duration_ms=1.0,
-        )
-        assert written["path"] == f"/v4.0/{REDACTED}"
+        line.request(**{**PLAIN, "path": f"/v4.0/{SECRET}"})
+    written = [json.loads(raw) for raw in stream.getvalue().splitlines()[-2:]]
+    assert [w["path"] for w in written] == [f"/v4.0/{REDACTED}"] * 2
 
 
 def test_a_secret_added_later_is_masked_in_remembered_paths() -> None:
@@ -111,28 +113,12 @@ def test_a_secret_added_later_is_masked_in_remembered_paths() -> None:
 
 
 def test_generated_request_ids_are_written_as_they_are() -> None:
-    written, _ = _line(
-        "json",
-        request_id="0123abcd",
-        method="GET",
-        path="/x",
-        status=200,
-        duration_ms=1.0,
-        id_from_client=False,
-    )
+    written, _ = _line("json", request_id="0123abcd", id_from_client=False)
     assert written["request_id"] == "0123abcd"
 
 
 def test_console_format_takes_the_processor_chain() -> None:
-    _, raw = _line(
-        "console",
-        request_id="r",
-        method="GET",
-        path=f"/v4.0/{SECRET}",
-        status=200,
-        duration_ms=1.0,
-        client="ci-job",
-    )
+    _, raw = _line("console", path=f"/v4.0/{SECRET}", client="ci-job")
     assert "request" in raw and "ci-job" in raw and SECRET not in raw
 
 

@@ -454,28 +454,20 @@ async def test_tee_spool_failure_in_the_thread_stops_the_first_send(
         body.close()
 
 
-@pytest.mark.usefixtures("slow_disk")
-async def test_read_after_a_slow_spool_write_the_copy_goes_on_in_a_thread(spool: Path) -> None:
+@pytest.mark.parametrize("slow", [False, True], ids=["on-the-loop", "slow-disk-thread"])
+async def test_read_spills_and_replays_identically(
+    spool: Path, request: pytest.FixtureRequest, slow: bool
+) -> None:
+    """Spool writes on the loop, and after slow ones in a thread: the same copy either way."""
+    if slow:
+        request.getfixturevalue("slow_disk")
     data = payload(5 * MiB + 3)
     stream = make_stream()
     feeder = asyncio.create_task(trickle(stream, split(data, 300_000)))
-    body = await read(stream, spool, memory_limit=KiB)
+    body = await read(stream, spool, memory_limit=KiB if slow else 64 * KiB)
     await feeder
     try:
-        assert body.in_memory is None
-        assert await collect(body) == data
-    finally:
-        body.close()
-
-
-async def test_read_spills_on_the_loop_and_replays_identically(spool: Path) -> None:
-    data = payload(5 * MiB + 3)
-    stream = make_stream()
-    feeder = asyncio.create_task(trickle(stream, split(data, 300_000)))
-    body = await read(stream, spool, memory_limit=64 * KiB)
-    await feeder
-    try:
-        assert body.spilled
+        assert body.spilled and body.in_memory is None
         assert await collect(body) == data
     finally:
         body.close()
