@@ -1,6 +1,6 @@
 """What the proxy's one access-log line costs per request, and what caching/redaction change.
 
-Calls ``proxy.logging.configure_logging`` exactly as ``aspose-proxy run`` does (JSON to a
+Calls ``proxy.log_setup.configure_logging`` exactly as ``aspose-proxy run`` does (JSON to a
 file), then times the middleware's call
 ``log.info("request", method=..., path=..., status=..., duration_ms=...)`` with:
   * the module-level lazy logger as in proxy/middleware.py (cache_logger_on_first_use=False),
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import structlog
 from _common import machine_facts, table, write_results
 
-from proxy.logging import Redactor, configure_logging
+from proxy.log_setup import Redactor, configure_logging
 
 
 def time_call(fn: Any, n: int, repeat: int) -> float:

@@ -115,7 +115,7 @@ def summarise(text: str, top: int) -> dict[str, Any]:
         seen = set()
         for depth, (func, file, line) in enumerate(real):
             lib = library_of(file)
-            if not lib.startswith("proxy/") or lib.startswith(("proxy/cli", "proxy/serve")):
+            if not lib.startswith("proxy/") or lib.startswith(("proxy/cli", "proxy/server")):
                 continue
             key = f"{func} ({lib})"
             if key not in seen:

@@ -126,7 +126,7 @@ def measure_one(
 def importtime(env: dict[str, str]) -> list[tuple[str, float, float]]:
     """The slowest top-level imports of ``aspose-proxy run``: (module, self ms, cumulative ms)."""
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import proxy.cli, proxy.app, proxy.serve"],
+        [sys.executable, "-X", "importtime", "-c", "import proxy.cli, proxy.app, proxy.server"],
         capture_output=True,
         text=True,
         env={**os.environ, **env},

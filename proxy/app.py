@@ -12,18 +12,18 @@ from aiohttp import web
 from aiohttp.hdrs import EXPECT
 from aiohttp.typedefs import Handler
 
-from proxy import health, local_tokens, reload, status
+from proxy import health, local_tokens, reload, status_page
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.connections import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLimits
 from proxy.credentials import Credentials, CredentialsSource
 from proxy.errors import ProxyError
-from proxy.handler import Forwarder
+from proxy.forward import Forwarder
 from proxy.health import METRICS, TOKENS
 from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
-from proxy.middleware import Guard, Observer, access_guard, add_request_id
 from proxy.oauth import TOKEN_PATHS
+from proxy.pipeline import Guard, Observer, access_guard, add_request_id
 from proxy.reload import RELOAD_HOOKS
-from proxy.serve import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLimits
 from proxy.settings import Settings
 from proxy.token_schedule import shared_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
@@ -172,13 +172,13 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
-    # Applied by serve.start_server to every connection (with the parser's bounds).
+    # Applied by server.start_server to every connection (with the parser's bounds).
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,
         max_connections_per_client=settings.max_connections_per_client,
     )
     health.add_routes(app)
-    status.add_routes(app, settings.upstream_url)
+    status_page.add_routes(app, settings.upstream_url)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
     app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)

@@ -21,7 +21,7 @@ import structlog
 from pydantic import SecretStr
 
 from proxy import __version__
-from proxy.logging import MIN_SECRET_LENGTH, configure_logging, short_secrets
+from proxy.log_setup import MIN_SECRET_LENGTH, configure_logging, short_secrets
 from proxy.settings import (
     LOG_LEVELS,
     LoadedSettings,
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from proxy.serve import run
+    from proxy.server import run
 
     if args.command == "sandbox":
         configure_logging(args.log_format, _log_level(args.log_level))
@@ -299,7 +299,7 @@ async def _check(settings: Settings) -> int:
 async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from proxy.app import create_app
     from proxy.reload import SETTINGS_LOADER
-    from proxy.serve import announce, start_server, wait_for_stop_signal
+    from proxy.server import announce, start_server, wait_for_stop_signal
 
     worker: int | None = args.worker
     local_token_key = None
@@ -345,7 +345,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
 
 async def _sandbox(args: argparse.Namespace) -> int:
     from proxy.sandbox import SandboxConfig, create_sandbox_app
-    from proxy.serve import announce, start_server, wait_for_stop_signal
+    from proxy.server import announce, start_server, wait_for_stop_signal
 
     config = SandboxConfig(
         client_id=args.client_id,

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 from pydantic import SecretStr
 
-from proxy.logging import add_secrets
+from proxy.log_setup import add_secrets
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.credentials")

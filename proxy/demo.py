@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.sandbox import SandboxConfig, create_sandbox_app
-from proxy.serve import Server, announce, start_server, wait_for_stop_signal
+from proxy.server import Server, announce, start_server, wait_for_stop_signal
 from proxy.settings import load_settings
 
 log = structlog.get_logger("proxy.demo")

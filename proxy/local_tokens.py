@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 from pydantic import SecretStr
 
-from proxy.middleware import EXCHANGE
+from proxy.exchange import EXCHANGE
 from proxy.oauth import TOKEN_PATHS, TokenRequest, matches, read_token_request
 
 PLACEHOLDER_PREFIX = "aspose-proxy."

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from proxy.logging import set_log_level
+from proxy.log_setup import set_log_level
 from proxy.settings import Settings, SettingsError
 
 RELOAD_HOOKS = web.AppKey("reload_hooks", list[Callable[[Settings], None]])

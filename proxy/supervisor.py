@@ -208,7 +208,7 @@ class Supervisor:
             waits, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if started in done:
-            from proxy.serve import announce
+            from proxy.server import announce
 
             self._announced = True
             announce(

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.middleware import EXCHANGE
+from proxy.exchange import EXCHANGE
 from proxy.settings import Settings
 from proxy.usage.budgets import Limits
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify

@@ -19,8 +19,8 @@ import structlog
 from pydantic import SecretStr
 
 from proxy.app import create_app
-from proxy.logging import configure_logging
-from proxy.serve import Server, start_server
+from proxy.log_setup import configure_logging
+from proxy.server import Server, start_server
 from proxy.settings import Settings
 from tests.conftest import RunningSandbox
 

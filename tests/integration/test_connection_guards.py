@@ -1,4 +1,4 @@
-"""Connection-level guards (proxy/serve.py): bounded request heads, the request-head deadline,
+"""Connection-level guards (proxy/connections.py): bounded request heads, the request-head deadline,
 the per-address connection cap, and a Server header that names no versions.
 
 Slow clients are real sockets on loopback. Other client addresses come from 127.0.0.2: on
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.serve import ClientConnections
+from proxy.connections import ClientConnections
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 from tests.integration.rawhttp import exchange, read_head

@@ -305,7 +305,7 @@ async def test_small_chunked_upstream_answer_arrives_whole_and_chunked(
     answer without Content-Length must not gain one, and must not lose bytes."""
     from aiohttp import web
 
-    from proxy.serve import start_server
+    from proxy.server import start_server
 
     async def chunked(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"X-Up": "1"})

@@ -21,7 +21,7 @@ from proxy.app import create_app
 from proxy.credentials import Credentials
 from proxy.health import TOKENS
 from proxy.sandbox import STATE
-from proxy.serve import Server, start_server
+from proxy.server import Server, start_server
 from proxy.settings import TOKEN_STATE_ENV_VAR
 from proxy.token_schedule import Policy
 from proxy.tokens import SCHEDULE_POLICY

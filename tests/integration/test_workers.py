@@ -356,15 +356,15 @@ def test_without_so_reuseport_the_proxy_says_so_and_runs_one_process() -> None:
 
 
 def test_a_forked_child_makes_new_request_ids() -> None:
-    from proxy import middleware
+    from proxy import exchange
 
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its prefix and leave at once
-        os.write(write, middleware._ID_PREFIX.encode())
+        os.write(write, exchange._ID_PREFIX.encode())
         os._exit(0)
     os.close(write)
     child_prefix = os.read(read, 64).decode()
     os.close(read)
     os.waitpid(pid, 0)
-    assert child_prefix and child_prefix != middleware._ID_PREFIX
+    assert child_prefix and child_prefix != exchange._ID_PREFIX

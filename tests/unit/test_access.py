@@ -20,7 +20,7 @@ from proxy.errors import (
     OperationNotAllowed,
     OriginNotAllowed,
 )
-from proxy.logging import REDACTED, Redactor, configure_logging, short_secrets
+from proxy.log_setup import REDACTED, Redactor, configure_logging, short_secrets
 from proxy.settings import Settings, SettingsError, load_settings
 
 KEY = "ci-job-key-0123456789"
@@ -420,7 +420,7 @@ def test_run_warns_about_short_secrets_naming_the_setting_not_the_value(
         return 0
 
     monkeypatch.setattr(proxy.cli, "configure_logging", configure)
-    monkeypatch.setattr("proxy.serve.run", no_run)
+    monkeypatch.setattr("proxy.server.run", no_run)
     assert main(["check"]) == 0
     text = stream.getvalue()
     assert "access_keys.ci is shorter than 8 characters" in text

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from proxy import logging as proxy_logging
-from proxy.logging import REDACTED, configure_logging, set_log_level
+from proxy import log_setup as proxy_logging
+from proxy.log_setup import REDACTED, configure_logging, set_log_level
 
 SECRET = "a-client-secret-for-the-tests"
 

@@ -12,7 +12,7 @@ import structlog
 from pydantic import SecretStr
 
 from proxy.credentials import Credentials, CredentialsSource
-from proxy.logging import configure_logging
+from proxy.log_setup import configure_logging
 from proxy.settings import Settings
 
 

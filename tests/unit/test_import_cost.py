@@ -40,7 +40,7 @@ UNUSED_IN_A_RUN = ("proxy.supervisor", "ctypes", "redis", "sqlite3", *NOT_AT_STA
 
 def test_start_up_imports_no_heavy_or_rarely_needed_module() -> None:
     code = (
-        "import sys, proxy.cli, proxy.app, proxy.serve\n"
+        "import sys, proxy.cli, proxy.app, proxy.server\n"
         f"print(','.join(m for m in {NOT_AT_STARTUP!r} if m in sys.modules))"
     )
     done = subprocess.run(
@@ -51,9 +51,9 @@ def test_start_up_imports_no_heavy_or_rarely_needed_module() -> None:
 
 def test_a_single_process_run_loads_no_supervisor_and_no_unused_store() -> None:
     code = (
-        "import sys, proxy.cli, proxy.serve\n"
+        "import sys, proxy.cli, proxy.server\n"
         "async def stop_at_once() -> None: ...\n"
-        "proxy.serve.wait_for_stop_signal = stop_at_once\n"
+        "proxy.server.wait_for_stop_signal = stop_at_once\n"
         "proxy.cli.main(['run', '--port', '0', '--shutdown-grace', '0', '--usage-store', 'off'])\n"
         f"print('loaded:', ','.join(m for m in {UNUSED_IN_A_RUN!r} if m in sys.modules))"
     )

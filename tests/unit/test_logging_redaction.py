@@ -1,4 +1,4 @@
-"""Redaction on the rendered output of the real processor chain (proxy/logging.py).
+"""Redaction on the rendered output of the real processor chain (proxy/log_setup.py).
 
 Every test configures the package's own chain onto a StringIO and asserts on the text that
 chain wrote, for JSON and console alike, through structlog and through stdlib logging (the
@@ -17,7 +17,7 @@ import jwt
 import pytest
 import structlog
 
-from proxy.logging import REDACTED, configure_logging
+from proxy.log_setup import REDACTED, configure_logging
 
 SECRET = "Sup3r-Secret-Value-42"
 FORMATS = ["json", "console"]

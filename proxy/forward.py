@@ -13,17 +13,17 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from proxy.auth import send_with_token
 from proxy.body import RequestBody, TeeBody, too_large
 from proxy.errors import BadRequest
+from proxy.exchange import EXCHANGE, REQUEST_ID_HEADER, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.middleware import EXCHANGE, REQUEST_ID_HEADER, Exchange
+from proxy.replay import send_with_token
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
 
-log = structlog.get_logger("proxy.handler")
+log = structlog.get_logger("proxy.forward")
 
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # RFC 9110 §9.2.2: safe to send twice when a connection broke before the answer.

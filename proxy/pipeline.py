@@ -13,10 +13,6 @@ address and Host/Origin guards only (nothing is forwarded from them).
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import re
-import secrets
 import time
 from collections.abc import Callable
 
@@ -26,63 +22,21 @@ from aiohttp.typedefs import Handler, Middleware
 
 from proxy.access import KEY_HEADER, AccessControl, RouteKind
 from proxy.errors import BadRequest, ProxyError, error_response
-from proxy.logging import CURRENT_REQUEST_ID, access_logger
+from proxy.exchange import (
+    CLIENT_CLOSED,
+    EXCHANGE,
+    REQUEST_ID_HEADER,
+    Exchange,
+    request_id_of,
+)
+from proxy.log_setup import CURRENT_REQUEST_ID, access_logger
 from proxy.metrics import Metrics
 
-log = structlog.get_logger("proxy.access")
-
-REQUEST_ID_HEADER = "X-Request-Id"
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-# Unique per process run: 64 random bits, then a counter (cheaper than uuid4 per request).
-_ID_PREFIX = secrets.token_hex(8)
-_ID_COUNTER = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    """A forked child (a worker) must not repeat its parent's request ids."""
-    global _ID_PREFIX
-    _ID_PREFIX = secrets.token_hex(8)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
-CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
-
-
-class Exchange:
-    """What the steps of one request tell each other and the access line, in one object: one
-    lookup per step, attributes that always exist (``request.get`` on a missing key raises
-    and catches a KeyError inside aiohttp, thousands of instructions)."""
-
-    __slots__ = ("aborted", "client", "request_id", "upstream_status")
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        # The client's name: its access key's name or its local client id (None: anonymous).
-        self.client: str | None = None
-        self.aborted = False  # the response was cut because upstream broke
-        # Upstream answered with this status: the request is a call (counted even if the
-        # client left before the answer was sent).
-        self.upstream_status: int | None = None
-
-
-EXCHANGE = web.RequestKey("exchange", Exchange)
+log = structlog.get_logger("proxy.pipeline")
 
 
 class InternalError(ProxyError):
     """A bug: the client gets a generic sentence, the log gets the traceback."""
-
-
-def request_id_for(request: web.BaseRequest) -> str:
-    """The client's ``X-Request-Id`` when it is a sane token, else a fresh one."""
-    return _request_id(request)[0]
-
-
-def _request_id(request: web.BaseRequest) -> tuple[str, bool]:
-    """The request id, and whether the client chose it (then the log line redacts it)."""
-    incoming = request.headers.get(REQUEST_ID_HEADER)
-    if incoming and _SAFE_ID.fullmatch(incoming):
-        return incoming, True
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}", False
 
 
 # The guards: raise the first refusal, else return the client's name (None: anonymous).
@@ -154,7 +108,7 @@ class Observer:
     async def answer(
         self, request: web.Request, handler: Handler, kind: RouteKind
     ) -> web.StreamResponse:
-        request_id, from_client = _request_id(request)
+        request_id, from_client = request_id_of(request)
         exchange = request[EXCHANGE] = Exchange(request_id)
         # Each request runs in its own task with a copy of the server's (clean) context,
         # so setting is enough: nothing from another request is there to clear.

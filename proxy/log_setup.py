@@ -395,7 +395,7 @@ _sink: LineSink | None = None
 _access: AccessLine | None = None
 _redactor: Redactor | None = None
 _REMEMBERED = 4096  # distinct paths (or client names) whose quoted text is kept
-# The methods the proxy forwards (proxy/handler.py): quoted once, never client-chosen text.
+# The methods the proxy forwards (proxy/forward.py): quoted once, never client-chosen text.
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ACCESS_LOGGER = "proxy.access"
 _ACCESS_TAIL = f', "logger": "{ACCESS_LOGGER}", "level": "info", "timestamp": "'

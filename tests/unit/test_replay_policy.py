@@ -1,4 +1,4 @@
-"""The retry-once policy (proxy/auth.py) with a fake token source and a fake send: no sockets."""
+"""The retry-once policy (proxy/replay.py) with a fake token source and a fake send: no sockets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.auth import send_with_token
 from proxy.errors import TokenUnavailable
+from proxy.replay import send_with_token
 from proxy.tokens import Token
 
 
