@@ -14,7 +14,6 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from proxy.errors import (
     AddressNotAllowed,
@@ -23,6 +22,7 @@ from proxy.errors import (
     OperationNotAllowed,
     OriginNotAllowed,
 )
+from proxy.paths import normalise
 from proxy.settings import Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -32,10 +32,6 @@ PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 KEY_HEADER = "X-Proxy-Key"
 _CACHE_LIMIT = 1024  # distinct client addresses or Host values remembered per rules object
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
-# In a percent-decoded path: an encoded '.', '/' or '\' that would only be decoded upstream.
-_ENCODED = ("%2e", "%2f", "%5c")
-# A path holding none of these has no dot segment and nothing to decode.
-_SUSPECT = ("%", "/.", "\\", "\x00", "/ ")
 
 
 class RouteKind(enum.Enum):
@@ -98,31 +94,6 @@ def _path_prefix(prefix: str) -> str:
     """Prefixes match whole segments: ``/v4.0/words`` matches ``/v4.0/words/x``, not
     ``/v4.0/wordsx``. Lower case: the Aspose API's routes are case-insensitive."""
     return prefix.strip().lower().rstrip("/") + "/"
-
-
-def normalised_path(raw_path: str) -> str | None:
-    """The path upstream will act on, lower case, or None when it could mean another one.
-
-    Refused (RFC 3986 §5.2.4 dot segments, and what servers decode further): any '.' or '..'
-    segment literal or percent-encoded (also '..;x', '...'), an encoded '/' or '\\', a '\\',
-    a NUL, and anything still percent-encoded as '.', '/' or '\\' after one decoding (double
-    encoding). The query is not part of the path.
-    """
-    path = raw_path.partition("?")[0]
-    if not any(mark in path for mark in _SUSPECT):  # the usual path: nothing to decode
-        return path.lower()
-    decoded = unquote(path) if "%" in path else path
-    if "\\" in decoded or "\x00" in decoded or decoded.count("/") != path.count("/"):
-        return None
-    lowered = decoded.lower()
-    if "%" in lowered and any(e in lowered for e in _ENCODED):
-        return None
-    if "/." in lowered or "/ " in lowered:
-        for segment in lowered.split("/"):
-            head = segment.partition(";")[0]  # Tomcat-style '..;x' is '..' too
-            if "." in head and not head.strip(". "):  # '.', '..', '...', '.. '
-                return None
-    return lowered
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -253,15 +224,16 @@ class AccessRules:
             key = raw_path.partition("?")[0]
             allowed = self.path_answers.get(key)
             if allowed is None:
-                path = normalised_path(key)
-                allowed = path is not None and (path + "/").startswith(self.allow_paths)
+                target = normalise(key)
+                allowed = target.clear and (target.path + "/").startswith(self.allow_paths)
                 if len(self.path_answers) >= _CACHE_LIMIT:
                     self.path_answers.clear()
                 self.path_answers[key] = allowed
             if not allowed:
                 raise OperationNotAllowed(
-                    "The path is not under any prefix in allow_paths, or has dot segments, "
-                    "encoded slashes or encoded dots."
+                    "The path is not under any prefix in allow_paths, or could be read as "
+                    "another path (dot segments, encoded slashes or dots, %u escapes, invalid "
+                    "UTF-8, full-width dots or slashes, control characters)."
                 )
 
 

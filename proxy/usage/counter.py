@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
+from proxy.paths import normalise
 from proxy.usage.rules import OTHER, PRODUCTS
 from proxy.usage.store import Row, UsageStore, merge
 
@@ -35,20 +36,17 @@ def current_hour(now: float | None = None) -> int:
 def classify(raw_path: str) -> tuple[str, str]:
     """``(product, kind)`` of a request target: ``/v4.0/words/storage/x`` -> words, storage.
 
-    The product is the segment after the version, from a fixed list (else ``other``), so label
-    values stay bounded whatever clients send.
+    Read on the path as ``allow_paths`` reads it (``proxy.paths.normalise``: decoded, case
+    folded, dot segments removed), so ``/v4.0/%77ords/x`` is words to both. The product is the
+    segment after the version, from a fixed list (else ``other``), so label values stay bounded
+    whatever clients send.
     """
-    parts = raw_path.split("/", 3)
+    path = normalise(raw_path).path
+    parts = path.split("/", 3)
     product = OTHER
-    if len(parts) > 2 and parts[1][:1] in ("v", "V"):
-        name = parts[2]
-        if name in PRODUCTS:
-            product = name
-        elif name.lower() in PRODUCTS:
-            product = name.lower()
-    kind = API
-    if "/storage/" in raw_path and "/storage/" in raw_path.partition("?")[0]:
-        kind = STORAGE
+    if len(parts) > 2 and parts[1][:1] == "v" and parts[2] in PRODUCTS:
+        product = parts[2]
+    kind = STORAGE if "/storage/" in path else API
     return product, kind
 
 

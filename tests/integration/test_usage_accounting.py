@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from yarl import URL
+
 from proxy.reload import reload
 from proxy.usage.budgets import period_bounds
 from tests.conftest import RunningSandbox
@@ -127,6 +129,22 @@ async def test_no_answer_is_no_call_and_its_budget_reservation_is_given_back(
     assert (await get(proxy, DISC))[0] == 200  # so the one call of the budget is still there
     assert (await get(proxy, DISC))[0] == 429
     assert calls(await usage(proxy)) == {("anonymous", "words", "storage"): (1, 0)}
+
+
+async def test_an_encoded_or_capitalised_product_counts_against_its_budget(
+    proxy_factory: ProxyFactory,
+) -> None:
+    # Issue 16: /v4.0/%77ords/ passed allow_paths (decoded) but was counted as "other".
+    budgets = [{"client": "*", "product": "words", "period": "day", "calls": 3}]
+    proxy = await proxy_factory(budgets=budgets, allow_paths=["/v4.0/words/", "/_proxy/"])
+    statuses = []
+    for path in ("/v4.0/%77ords/storage/disc", "/v4.0/Words/storage/disc", DISC, DISC):
+        async with proxy.client.get(URL(proxy.url + path, encoded=True)) as response:
+            statuses.append(response.status)
+    assert statuses[3] == 429
+    assert calls(await usage(proxy)) == {
+        ("anonymous", "words", "storage"): (3, sum(s >= 400 for s in statuses[:3]))
+    }
 
 
 async def test_spent_budget_gives_429_with_retry_after_until_the_period_resets(
