@@ -31,6 +31,7 @@ from proxy.settings import (
     unknown_env_vars,
 )
 from proxy.tokens import TokenFetchError, request_token
+from proxy.usage.rules import kubernetes_sqlite_warning
 
 EXIT_USAGE = 2
 # Settings that are never CLI flags: a secret on the command line is visible in `ps`.
@@ -208,6 +209,9 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     if getattr(args, "worker", None) is None:  # the supervisor has said it already
         _warn_unknown_env_vars()
+        has_limits = args.command == "run" and bool(settings.budgets or settings.rate_limits)
+        if replicas := kubernetes_sqlite_warning(settings.usage_store, has_limits, os.environ):
+            log.warning(replicas)
         for name in short_secrets(settings.named_secrets):
             log.warning(
                 f"{name} is shorter than {MIN_SECRET_LENGTH} characters: the log redactor does "

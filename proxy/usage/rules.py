@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -111,3 +112,23 @@ def check_store_url(url: str) -> str:
 
 def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite://"))
+
+
+def kubernetes_sqlite_warning(
+    store_url: str, has_limits: bool, environ: Mapping[str, str]
+) -> str | None:
+    """Issue 17: inside Kubernetes, budgets or rate limits on a SQLite store hold per pod only.
+
+    SQLite is exact for the processes of one host; a pod cannot know how many replicas run, so
+    the proxy warns whenever it runs in a pod (``KUBERNETES_SERVICE_HOST``) with such rules.
+    """
+    if not has_limits or not store_url.startswith("sqlite://"):
+        return None
+    if not environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    return (
+        "budgets or rate_limits are set with a SQLite usage_store inside Kubernetes: SQLite is "
+        "exact on one host only, so every replica (pod) enforces them on its own and N replicas "
+        "allow N times each budget and rate; for several replicas set usage_store to a shared "
+        "Redis (redis://host:6379/0, password in usage_store_password)"
+    )

@@ -7,13 +7,17 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import redis as redis_lib
 import yaml
 
 from proxy.cli import COMMANDS, build_parser
@@ -130,8 +134,10 @@ def test_proxy_containers_run_as_10001_with_probes_and_writable_dirs_on_empty_di
         spool = env["ASPOSE_PROXY_SPOOL_DIR"]["value"]
         assert "emptyDir" in mounts[spool], where
         assert "emptyDir" in mounts["/tmp"], where  # the workers' run directory
-        usage_db = Path(env["ASPOSE_PROXY_USAGE_STORE"]["value"].removeprefix("sqlite://"))
-        assert "emptyDir" in mounts[str(usage_db.parent)], where
+        store = env["ASPOSE_PROXY_USAGE_STORE"]["value"]
+        if store.startswith("sqlite://"):
+            usage_db = Path(store.removeprefix("sqlite://"))
+            assert "emptyDir" in mounts[str(usage_db.parent)], where
         # The secret is a file from the Secret volume, never an env value.
         assert "ASPOSE_PROXY_CLIENT_SECRET" not in env, where
         secret_file = Path(env["ASPOSE_PROXY_CLIENT_SECRET_FILE"]["value"])
@@ -155,7 +161,8 @@ def test_proxy_env_and_args_are_settings_and_flags_the_proxy_knows(tmp_path: Pat
                 env[name] = secret_data(ref["name"], ref["key"])
         env["ASPOSE_PROXY_CLIENT_SECRET_FILE"] = str(secret_file)
         env["ASPOSE_PROXY_SPOOL_DIR"] = str(tmp_path)
-        env["ASPOSE_PROXY_USAGE_STORE"] = "off"
+        if env["ASPOSE_PROXY_USAGE_STORE"].startswith("sqlite://"):
+            env["ASPOSE_PROXY_USAGE_STORE"] = "off"  # a redis:// URL is checked as it is
         args = container["args"]
         assert args[0] in COMMANDS, where
         parsed = build_parser().parse_args(args)  # an unknown flag exits here
@@ -173,6 +180,69 @@ def test_shared_service_requires_access_keys_from_a_secret_and_limits_addresses(
     assert yaml.safe_load(secret_data(ref["name"], ref["key"]))  # a JSON map name -> key
     assert env["ASPOSE_PROXY_ALLOW_FROM"]["value"] != '["0.0.0.0/0"]', where
     assert "--workers" in container["args"]
+
+
+def test_every_shared_service_replica_uses_the_redis_of_the_manifest() -> None:
+    """Issue 17: 2 replicas x 2 workers share one token schedule, rate limits and budgets."""
+    [(where, _, container)] = [c for c in proxy_containers() if "shared-service" in c[0]]
+    env = {e["name"]: e for e in container["env"]}
+    store = urlsplit(env["ASPOSE_PROXY_USAGE_STORE"]["value"])
+    assert store.scheme == "redis" and store.password is None, where
+    services = {
+        doc["metadata"]["name"]: doc
+        for name, doc in documents()
+        if name == "shared-service.yaml" and doc["kind"] == "Service"
+    }
+    service = services[str(store.hostname)]
+    assert service["spec"]["ports"][0]["port"] == (store.port or 6379)
+    [redis_set] = [
+        doc
+        for _, doc in documents()
+        if doc["kind"] == "StatefulSet"
+        and doc["spec"]["template"]["metadata"]["labels"] == service["spec"]["selector"]
+    ]
+    # The proxy and Redis read the password from the same Secret key.
+    password_ref = env["ASPOSE_PROXY_USAGE_STORE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert secret_data(password_ref["name"], password_ref["key"])
+    [redis] = redis_set["spec"]["template"]["spec"]["containers"]
+    redis_env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in redis["env"]}
+    assert redis_env["REDIS_PASSWORD"] == password_ref
+    script = " ".join(redis["args"])
+    assert "requirepass" in script and "$REDIS_PASSWORD" in script
+    assert "--maxmemory-policy noeviction" in script  # an evicted counter refills a budget
+    assert "--appendonly yes" in script
+    [claim] = redis_set["spec"]["volumeClaimTemplates"]
+    [mount] = redis["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"] and "--dir " + mount["mountPath"] in script
+
+
+def test_redis_server_takes_the_manifests_configuration(tmp_path: Path) -> None:
+    """The Redis container's start script, run with the real redis-server: a password is
+    required, no eviction, AOF on (the port moved to a free one, the data dir to tmp)."""
+    [redis_set] = [doc for _, doc in documents() if doc["kind"] == "StatefulSet"]
+    [redis] = redis_set["spec"]["template"]["spec"]["containers"]
+    script = redis["args"][0].replace("--dir /data", f"--dir {tmp_path}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script += f" --port {port} --bind 127.0.0.1"
+    env = {**os.environ, "REDIS_PASSWORD": "a-password-for-the-test"}
+    process = subprocess.Popen([*redis["command"], script], env=env, stdout=subprocess.DEVNULL)
+    try:
+        client = redis_lib.Redis(port=port, password="a-password-for-the-test")
+        for _ in range(100):
+            with contextlib.suppress(redis_lib.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.05)
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port).ping()
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 # -- deploy/prometheus/alerts.yml ---------------------------------------------------------------

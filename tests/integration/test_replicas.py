@@ -1,0 +1,30 @@
+"""Issue 17: workers and replicas act as one (real processes, real redis-server, the sandbox)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RunningSandbox
+from tests.integration.test_workers import proxy_env, start_workers
+
+__all__ = ["start_workers"]  # the fixture, shared with test_workers.py
+
+KUBERNETES_WARNING = "SQLite usage_store inside Kubernetes"
+
+
+async def test_budgets_on_sqlite_in_a_pod_are_warned_about_once_not_once_per_worker(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    env = proxy_env(
+        sandbox,
+        KUBERNETES_SERVICE_HOST="10.96.0.1",
+        ASPOSE_PROXY_USAGE_STORE=f"sqlite://{tmp_path / 'usage.db'}",
+        ASPOSE_PROXY_BUDGETS=json.dumps([{"client": "*", "calls": 100}]),
+    )
+    running = await start_workers("--workers", "2", env=env)
+    status, _, _ = await running.get("/healthz")
+    assert status == 200
+    assert running.log.count(KUBERNETES_WARNING) == 1, running.log
