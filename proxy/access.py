@@ -14,7 +14,9 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from proxy.bounded_cache import BoundedCache
 from proxy.errors import (
     AddressNotAllowed,
     ClientAuthRequired,
@@ -96,6 +98,10 @@ def _path_prefix(prefix: str) -> str:
     return prefix.strip().lower().rstrip("/") + "/"
 
 
+def _answers() -> BoundedCache[Any, bool]:
+    return BoundedCache(_CACHE_LIMIT)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class AccessRules:
     """Every access rule, parsed once; replaced whole when settings are reloaded."""
@@ -116,10 +122,12 @@ class AccessRules:
     identifies_clients: bool = field(init=False, default=False)
     limits_operations: bool = field(init=False, default=False)
     # Remembered answers (the middleware reads them first): per client address, per Host value.
-    address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
-    metrics_address_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
-    host_answers: dict[str | None, bool] = field(default_factory=dict, repr=False)
-    path_answers: dict[str, bool] = field(default_factory=dict, repr=False)
+    address_answers: BoundedCache[str | None, bool] = field(default_factory=_answers, repr=False)
+    metrics_address_answers: BoundedCache[str | None, bool] = field(
+        default_factory=_answers, repr=False
+    )
+    host_answers: BoundedCache[str | None, bool] = field(default_factory=_answers, repr=False)
+    path_answers: BoundedCache[str, bool] = field(default_factory=_answers, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessRules:
@@ -154,10 +162,7 @@ class AccessRules:
         if allowed is None:
             ip = _address(remote) if remote else None
             networks = self.allow_from + self.metrics_allow_from if metrics else self.allow_from
-            allowed = ip is not None and any(ip in net for net in networks)
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            cache[remote] = allowed
+            allowed = cache.remember(remote, ip is not None and any(ip in net for net in networks))
         if not allowed:
             setting = "allow_from or metrics_allow_from" if metrics else "allow_from"
             raise AddressNotAllowed(
@@ -174,10 +179,9 @@ class AccessRules:
         allowed = self.host_answers.get(host)
         if allowed is None:
             name = _host_name(host)
-            allowed = _is_loopback_name(name) or name in self.allow_hosts
-            if len(self.host_answers) >= _CACHE_LIMIT:
-                self.host_answers.clear()
-            self.host_answers[host] = allowed
+            allowed = self.host_answers.remember(
+                host, _is_loopback_name(name) or name in self.allow_hosts
+            )
         if not allowed:
             raise HostNotAllowed(
                 "The Host header names neither a loopback address nor a name in allow_hosts."
@@ -225,10 +229,9 @@ class AccessRules:
             allowed = self.path_answers.get(key)
             if allowed is None:
                 target = normalise(key)
-                allowed = target.clear and (target.path + "/").startswith(self.allow_paths)
-                if len(self.path_answers) >= _CACHE_LIMIT:
-                    self.path_answers.clear()
-                self.path_answers[key] = allowed
+                allowed = self.path_answers.remember(
+                    key, target.clear and (target.path + "/").startswith(self.allow_paths)
+                )
             if not allowed:
                 raise OperationNotAllowed(
                     "The path is not under any prefix in allow_paths, or could be read as "

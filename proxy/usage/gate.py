@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.bounded_cache import BoundedCache
 from proxy.exchange import EXCHANGE
 from proxy.settings import Settings
 from proxy.usage.budgets import Limits
@@ -43,9 +44,8 @@ class Usage:
         totals = self.counter.totals
         classes = STATUS_CLASSES
         usage = self
-        # (product, kind) per request target: most calls repeat a few paths. Bounded: cleared
-        # when full, so a client sending endless distinct paths costs a re-parse, not memory.
-        classified: dict[str, tuple[str, str]] = {}
+        # (product, kind) per request target: most calls repeat a few paths.
+        classified: BoundedCache[str, tuple[str, str]] = BoundedCache(CLASSIFIED_MAX)
 
         async def accounted(request: web.Request) -> web.StreamResponse:
             exchange = request[EXCHANGE]
@@ -53,9 +53,7 @@ class Usage:
             path = request.raw_path
             attribution = classified.get(path)
             if attribution is None:
-                if len(classified) >= CLASSIFIED_MAX:
-                    classified.clear()
-                attribution = classified[path] = classify(path)
+                attribution = classified.remember(path, classify(path))
             product, kind = attribution
             limits = usage.limits  # read once: a reload swaps the whole object
             reserved: tuple[str, ...] = ()
