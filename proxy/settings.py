@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from proxy.cache.location import check_cache_store
 from proxy.usage.rules import Budget, RateLimit, check_store_url, default_store_url
 
 ENV_PREFIX = "ASPOSE_PROXY_"
@@ -152,6 +153,23 @@ class Settings(BaseSettings):
     rate_limits: list[RateLimit] = Field(
         default_factory=list, description="token buckets: [{client, per_second, burst}]"
     )
+    cache_store: str = Field(
+        "off",
+        description="conversion cache: off, disk, file:///absolute/dir or redis://host:port/db",
+    )
+    cache_store_password: SecretStr | None = Field(
+        None, description="the Redis password for cache_store (env or TOML only)"
+    )
+    cache_ttl: int = Field(604800, gt=0, description="seconds a cached conversion is served")
+    cache_max_size: int = Field(
+        1024 * MiB, gt=0, description="bytes the disk cache may hold (least recently used go)"
+    )
+    cache_max_entry_size: int = Field(
+        64 * MiB, gt=0, description="larger conversion answers are not cached"
+    )
+    cache_scope: Literal["shared", "client"] = Field(
+        "shared", description="shared: one cache for all clients; client: entries per client"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -171,6 +189,11 @@ class Settings(BaseSettings):
     @classmethod
     def _store_url(cls, url: str) -> str:
         return check_store_url(url)
+
+    @field_validator("cache_store")
+    @classmethod
+    def _cache_store_url(cls, url: str) -> str:
+        return check_cache_store(url)
 
     @field_validator("budgets", "rate_limits", mode="before")
     @classmethod
@@ -290,6 +313,8 @@ class Settings(BaseSettings):
         named += [(f"access_keys.{k}", v.get_secret_value()) for k, v in self.access_keys.items()]
         if self.usage_store_password is not None:
             named.append(("usage_store_password", self.usage_store_password.get_secret_value()))
+        if self.cache_store_password is not None:
+            named.append(("cache_store_password", self.cache_store_password.get_secret_value()))
         if self.client_secret is not None:
             named.append(("client_secret", self.client_secret.get_secret_value()))
         return tuple((name, value) for name, value in named if value)

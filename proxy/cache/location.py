@@ -1,0 +1,42 @@
+"""Where the cache lives: the ``cache_store`` setting checked and resolved. Imports nothing
+from the package (``proxy.settings`` uses it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+OFF = "off"
+DISK = "disk"
+IMAGE_DIR = Path("/var/cache/aspose-proxy")  # the container image's volume
+
+
+def check_cache_store(url: str) -> str:
+    """``off``, ``disk``, ``file:///absolute/dir`` or ``redis://host:port/db`` (no password)."""
+    url = url.strip()
+    if url.lower() in (OFF, DISK):
+        return url.lower()
+    if url.startswith("file://"):
+        path = url.removeprefix("file://")
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise ValueError("a directory store is file:///absolute/path")
+        return url
+    if url.startswith(("redis://", "rediss://")):
+        parts = urlsplit(url)
+        if parts.password is not None:
+            raise ValueError("put the Redis password in cache_store_password, not in the URL")
+        if not parts.hostname:
+            raise ValueError("a redis cache is redis://host:port/db")
+        return url
+    raise ValueError("must be off, disk, file:///absolute/dir or redis://host:port/db")
+
+
+def disk_dir(url: str) -> Path:
+    """The directory of a disk store: ``file:///x`` -> ``/x``; ``disk`` ->
+    ``$XDG_CACHE_HOME/aspose-proxy/cache``, else ``~/.cache/aspose-proxy/cache``."""
+    if url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "aspose-proxy" / "cache"

@@ -1,0 +1,81 @@
+"""The cache's allow-list and bypass rules, on the path the access rules normalise."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.access import normalised_path
+from proxy.cache.policy import BYPASS_QUERY, Decision, decide
+
+
+def _decide(method: str, target: str, **headers: str) -> Decision:
+    path, _, query = target.partition("?")
+    names = [pair.partition("=")[0] for pair in query.split("&") if pair]
+    return decide(method, normalised_path(path), names, CIMultiDict(headers))
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("PUT", "/v4.0/words/convert?format=pdf"),
+        ("PUT", "/v4.0/cells/convert/spreadsheet?format=pdf"),
+        ("PUT", "/v4.0/cells/convert/spreadsheet/pdf"),
+        ("PUT", "/v4.0/cells/convert/spreadsheet/csv"),
+        ("PUT", "/v4.0/cells/convert/spreadsheet/json"),
+        ("PUT", "/v3.0/cells/convert?format=xlsx"),
+        ("POST", "/v3.0/slides/convert/pdf"),
+        ("POST", "/v3.0/pdf/convert/xlsx"),
+        ("POST", "/v3.0/imaging/convert?format=png"),
+        ("GET", "/v4.0/barcode/generate/QR?data=x"),
+        ("POST", "/v4.0/barcode/generate-body"),
+        ("POST", "/v4.0/barcode/generate-multipart"),
+        ("POST", "/v4.0/barcode/recognize-body"),
+        ("POST", "/v4.0/barcode/recognize-multipart"),
+        ("POST", "/v4.0/barcode/scan-body"),
+        ("POST", "/v4.0/barcode/scan-multipart"),
+    ],
+)
+def test_allow_listed_conversions_are_looked_up(method: str, target: str) -> None:
+    assert _decide(method, target) is Decision.LOOKUP
+
+
+def test_matching_is_on_the_decoded_case_folded_path() -> None:
+    assert _decide("PUT", "/V4.0/Words/CONVERT") is Decision.LOOKUP
+    assert _decide("PUT", "/v4.0/words/%63onvert") is Decision.LOOKUP
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "/v4.0/words/convert"),  # wrong method
+        ("PUT", "/v3.0/slides/convert/pdf"),  # PUT saves to storage
+        ("PUT", "/v4.0/words/storage/file/a.docx"),
+        ("PUT", "/v4.0/words/convert/extra"),
+        ("POST", "/v3.0/slides/convert/pdf/more"),
+        ("PUT", "/v4.0/words/x/../convert"),  # a dot segment: refused by the normalisation
+        ("GET", "/v4.0/barcode/recognize"),
+    ],
+)
+def test_everything_else_is_untouched(method: str, target: str) -> None:
+    assert _decide(method, target) is Decision.NONE
+
+
+@pytest.mark.parametrize("name", sorted(BYPASS_QUERY))
+def test_storage_url_and_password_parameters_bypass(name: str) -> None:
+    assert _decide("PUT", f"/v4.0/words/convert?format=pdf&{name}=x") is Decision.BYPASS
+
+
+def test_bypass_parameters_match_whatever_their_case() -> None:
+    assert _decide("PUT", "/v4.0/words/convert?OUTPATH=x") is Decision.BYPASS
+    assert _decide("PUT", "/v4.0/words/convert?outPath=x") is Decision.BYPASS
+
+
+def test_a_password_header_bypasses() -> None:
+    assert _decide("POST", "/v3.0/slides/convert/pdf", password="p") is Decision.BYPASS
+
+
+def test_no_store_bypasses_and_no_cache_refreshes() -> None:
+    target = "/v4.0/words/convert"
+    assert _decide("PUT", target, **{"Cache-Control": "no-store"}) is Decision.BYPASS
+    assert _decide("PUT", target, **{"Cache-Control": "max-age=0, No-Cache"}) is Decision.REFRESH
