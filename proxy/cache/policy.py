@@ -3,8 +3,9 @@
 A call is cacheable only when its answer depends on nothing but (method, path, query, body):
 nothing read from or written to storage, no remote URL fetched, no secret that changes the
 request on every call. Sources for each row: docs/cache.md. Matching is on the path as
-``proxy.access.normalised_path`` gives it (decoded, case-folded, dot segments refused), the
-same one the access rules use, so a client cannot be one thing to the guards and another here.
+``proxy.paths.normalise`` gives it (decoded, case-folded; a path that is not ``clear`` is
+never cached), the same one the access rules use, so a client cannot be one thing to the
+guards and another here.
 """
 
 from __future__ import annotations

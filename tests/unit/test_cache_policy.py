@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.access import normalised_path
 from proxy.cache.policy import BYPASS_QUERY, Decision, decide
+from proxy.paths import normalise
 
 
 def _decide(method: str, target: str, **headers: str) -> Decision:
     path, _, query = target.partition("?")
     names = [pair.partition("=")[0] for pair in query.split("&") if pair]
-    return decide(method, normalised_path(path), names, CIMultiDict(headers))
+    normal = normalise(path)
+    return decide(method, normal.path if normal.clear else None, names, CIMultiDict(headers))
 
 
 @pytest.mark.parametrize(
