@@ -43,6 +43,9 @@ _SERVICE_LINK_NAME = re.compile(
 _SERVICE_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MiB = 1024 * 1024
+# Access keys and local client secrets: at least this long (issue 16), and how to make one.
+MIN_CLIENT_SECRET_LENGTH = 16
+MAKE_SECRET = 'python3 -c "import secrets; print(secrets.token_urlsafe(24))"'  # noqa: S105 (a command)
 
 
 class Settings(BaseSettings):
@@ -250,12 +253,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path!r} must start with /")
         return paths
 
-    @field_validator("access_keys")
+    @field_validator("access_keys", "local_clients")
     @classmethod
-    def _non_empty_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    def _strong_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """A short key can be guessed (issue 16: ~1,900 tries a second); a throttle would lock
+        out every local client together, so a weak key is refused at start instead."""
         for name, key in keys.items():
             if not name or not key.get_secret_value():
-                raise ValueError("every access key needs a non-empty name and key")
+                raise ValueError("every entry needs a non-empty name and secret")
+            if len(key.get_secret_value()) < MIN_CLIENT_SECRET_LENGTH:
+                raise ValueError(
+                    f"the secret of {name!r} is shorter than {MIN_CLIENT_SECRET_LENGTH} "
+                    f"characters; make a good one with: {MAKE_SECRET}"
+                )
         return keys
 
     @field_validator("ca_file")

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,8 +102,14 @@ def check_store_url(url: str) -> str:
         return url
     if url.startswith(("redis://", "rediss://")):
         parts = urlsplit(url)
-        if parts.password is not None:
-            raise ValueError("put the Redis password in usage_store_password, not in the URL")
+        in_query = any(name.lower() == "password" for name, _ in parse_qsl(parts.query))
+        if parts.password is not None or in_query:
+            # Never echoed: the URL is shown on /_proxy/, by `config` and in logs.
+            raise ValueError(
+                "the Redis password does not belong in the URL (it is shown on /_proxy/ and "
+                "in logs): put it in usage_store_password (ASPOSE_PROXY_USAGE_STORE_PASSWORD "
+                "or the TOML file)"
+            )
         if not parts.hostname:
             raise ValueError("a redis store is redis://host:port/db")
         return url

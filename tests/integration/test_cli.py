@@ -8,6 +8,8 @@ import re
 import signal
 import sys
 
+import pytest
+
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LEAK
 
@@ -60,6 +62,33 @@ async def test_invalid_setting_exits_2_naming_key_and_source() -> None:
     assert code == 2
     assert "port: must be 0..65535 (from ASPOSE_PROXY_PORT)" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "setting"),
+    [
+        ("ASPOSE_PROXY_ACCESS_KEYS", '{"ci-job": "zq7-short-key"}', "access_keys"),
+        ("ASPOSE_PROXY_LOCAL_CLIENTS", '{"reporting": "zq7-short-key"}', "local_clients"),
+    ],
+)
+async def test_short_client_secrets_exit_2_naming_setting_and_key_not_the_value(
+    name: str, value: str, setting: str
+) -> None:
+    code, out, err = await run_cli("run", env={name: value})
+    assert code == 2
+    assert f"{setting}: the secret of '" in err and "shorter than 16 characters" in err
+    assert 'python3 -c "import secrets; print(secrets.token_urlsafe(24))"' in err
+    assert "zq7-short-key" not in out + err
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://cache:6379/0?password=hunter2-x", "redis://:hunter2-x@cache:6379/0"]
+)
+async def test_a_password_in_the_redis_store_url_exits_2_without_echoing_it(url: str) -> None:
+    code, out, err = await run_cli("run", env={"ASPOSE_PROXY_USAGE_STORE": url})
+    assert code == 2
+    assert "usage_store: " in err and "usage_store_password" in err
+    assert "hunter2" not in out + err
 
 
 async def test_flag_overrides_env_and_config_reports_the_source() -> None:

@@ -140,9 +140,13 @@ async def test_wrong_grant_type_is_an_oauth_error(
 async def test_local_clients_right_credentials_get_a_placeholder(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox
 ) -> None:
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1")})
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1-alice-local-secret")})
     before = (await sandbox.stats())["token_requests"]
-    form = {"grant_type": "client_credentials", "client_id": "alice", "client_secret": "s1"}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "alice",
+        "client_secret": "s1-alice-local-secret",
+    }
     for path in TOKEN_PATHS:
         status, _, text = await post_token(proxy, path, form)
         assert status == 200, (path, text)
@@ -152,12 +156,19 @@ async def test_local_clients_right_credentials_get_a_placeholder(
 
 @pytest.mark.parametrize(
     ("client_id", "secret"),
-    [("alice", "wrong"), ("alice", ""), ("bob", "s1"), ("", ""), ("Alice", "s1"), ("alice", "s1 ")],
+    [
+        ("alice", "wrong"),
+        ("alice", ""),
+        ("bob", "s1-alice-local-secret"),
+        ("", ""),
+        ("Alice", "s1-alice-local-secret"),
+        ("alice", "s1-alice-local-secret "),
+    ],
 )
 async def test_local_clients_wrong_credentials_are_invalid_client(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, client_id: str, secret: str
 ) -> None:
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1")})
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1-alice-local-secret")})
     before = (await sandbox.stats())["token_requests"]
     form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
     status, headers, text = await post_token(proxy, "/v4.0/words/connect/token", form)
@@ -174,8 +185,8 @@ async def test_local_clients_accept_an_unencoded_secret_with_plus(
     so a secret ``p+q`` arrives as the raw bytes ``p+q``, which form-decoding turns into
     ``p q``. The sandbox accepts both readings; the local endpoint must too, or such a client
     is refused with ``invalid_client`` although its secret is right."""
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("p+q%41")})
-    body = "grant_type=client_credentials&client_id=alice&client_secret=p+q%41"
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("p+q%41-0123456789abcd")})
+    body = "grant_type=client_credentials&client_id=alice&client_secret=p+q%41-0123456789abcd"
     status, _, text = await post_token(
         proxy,
         "/v4.0/words/connect/token",
@@ -190,8 +201,8 @@ async def test_local_clients_accept_http_basic_credentials(
 ) -> None:
     """RFC 6749 §2.3.1: a token endpoint MUST support client credentials in HTTP Basic auth
     (the sandbox does, as Aspose's identity server does)."""
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1")})
-    basic = base64.b64encode(b"alice:s1").decode()
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1-alice-local-secret")})
+    basic = base64.b64encode(b"alice:s1-alice-local-secret").decode()
     status, _, text = await post_token(
         proxy,
         "/connect/token",
@@ -204,8 +215,12 @@ async def test_local_clients_accept_http_basic_credentials(
 async def test_local_client_id_appears_in_the_access_log(
     proxy_factory: ProxyFactory, logs: LogCapture
 ) -> None:
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1")})
-    form = {"grant_type": "client_credentials", "client_id": "alice", "client_secret": "s1"}
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("s1-alice-local-secret")})
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "alice",
+        "client_secret": "s1-alice-local-secret",
+    }
     _, _, text = await post_token(proxy, "/v4.0/words/connect/token", form)
     placeholder = json.loads(text)["access_token"]
     headers = {"Authorization": f"Bearer {placeholder}", "X-Request-Id": "alice-call-1"}

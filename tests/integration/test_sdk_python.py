@@ -125,8 +125,8 @@ async def test_sdk_sees_upstream_errors_in_the_shape_it_parses(proxy: RunningPro
 async def test_sdk_with_a_local_client(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, document: Path
 ) -> None:
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("alice-secret")})
-    api = words_api(proxy, "alice", "alice-secret")
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("alice-secret-0123456")})
+    api = words_api(proxy, "alice", "alice-secret-0123456")
     await upload(api, document, "alice/report.docx")
     assert await names_in(api, "alice") == ["report.docx"]
 
@@ -136,8 +136,8 @@ async def test_sdk_with_a_local_client_whose_secret_has_a_plus(
 ) -> None:
     """The SDK sends ``client_secret=`` + the secret unencoded, so ``+`` must not become a
     space on the proxy's side (generated secrets often contain ``+``, base64's alphabet)."""
-    proxy = await proxy_factory(local_clients={"bob": SecretStr("b0b+s3cret/x=")})
-    api = words_api(proxy, "bob", "b0b+s3cret/x=")
+    proxy = await proxy_factory(local_clients={"bob": SecretStr("b0b+s3cret/x=0123456")})
+    api = words_api(proxy, "bob", "b0b+s3cret/x=0123456")
     await upload(api, document, "bob/report.docx")
     assert await names_in(api, "bob") == ["report.docx"]
 
@@ -148,7 +148,7 @@ async def test_sdk_with_unknown_local_client_is_refused(
     """The refusal is OAuth's 400 ``{"error": "invalid_client"}`` (the issue asks for that
     shape); the Words SDK cannot parse it and raises ``KeyError('RequestId')``. Either way
     nothing reaches the sandbox's storage."""
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("alice-secret")})
+    proxy = await proxy_factory(local_clients={"alice": SecretStr("alice-secret-0123456")})
     api = words_api(proxy, "mallory", "guess")
     before = await sandbox.stats()
     with pytest.raises((ApiException, KeyError)):

@@ -214,14 +214,14 @@ async def test_a_local_token_from_one_worker_is_accepted_by_the_others(
 ) -> None:
     env = proxy_env(
         sandbox,
-        ASPOSE_PROXY_LOCAL_CLIENTS='{"reporting": "job-secret"}',
+        ASPOSE_PROXY_LOCAL_CLIENTS='{"reporting": "job-secret-0123456789"}',
         ASPOSE_PROXY_REQUIRE_CLIENT_AUTH="true",
     )
     running = await start_workers("--workers", "2", env=env)
     form = {
         "grant_type": "client_credentials",
         "client_id": "reporting",
-        "client_secret": "job-secret",
+        "client_secret": "job-secret-0123456789",
     }
     async with (
         aiohttp.ClientSession() as client,
