@@ -17,7 +17,7 @@ import structlog
 
 from proxy.errors import BudgetExhausted, RateLimited, UsageStoreUnavailable
 from proxy.usage.rules import ANY, Budget, RateLimit
-from proxy.usage.store import Ledger, Row
+from proxy.usage.store import Bucket, Ledger, Row
 
 log = structlog.get_logger("proxy.usage")
 
@@ -50,8 +50,10 @@ def used_by(budget: Budget, rows: Iterable[Row]) -> int:
 class MemoryLedger:
     """Budget counters of this process (stores without a shared ledger)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._values: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, stamp)
+        self._monotonic = monotonic
 
     async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
         values = self._values
@@ -73,6 +75,18 @@ class MemoryLedger:
 
     async def peek(self, keys: Sequence[str]) -> list[int]:
         return [self._values.get(key, 0) for key in keys]
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        now = self._monotonic()
+        levels = []
+        for bucket in buckets:
+            level = bucket.level(self._buckets.get(bucket.key), now)
+            if level < 1:
+                return bucket.wait(level)
+            levels.append(level)
+        for bucket, level in zip(buckets, levels, strict=True):
+            self._buckets[bucket.key] = (level - 1, now)
+        return 0.0
 
 
 class _Plan:

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from proxy.usage.store import Batch, Ledger, Row
+from proxy.usage.store import Batch, Bucket, Ledger, Row
 
 PREFIX = "aspose-proxy:"
 HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
@@ -39,6 +39,33 @@ return values
 """
 
 
+# KEYS: the rate limits' buckets (hashes t = tokens, s = stamp); ARGV[2i-1], ARGV[2i]: rate and
+# burst of KEYS[i]. Redis's own clock: every replica sees one time. Take from all or from none.
+TAKE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local levels = {}
+for i, key in ipairs(KEYS) do
+    local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+    local state = redis.call('HMGET', key, 't', 's')
+    local level = burst
+    if state[1] then
+        level = math.min(burst, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate)
+    end
+    if level < 1 then
+        return tostring((1 - level) / rate)
+    end
+    levels[i] = level
+end
+for i, key in ipairs(KEYS) do
+    local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+    redis.call('HSET', key, 't', tostring(levels[i] - 1), 's', tostring(now))
+    redis.call('EXPIRE', key, math.ceil(burst / rate) + 60)
+end
+return '0'
+"""
+
+
 class RedisStore:
     """``redis://host:port/db``; the password comes from ``usage_store_password``."""
 
@@ -52,6 +79,7 @@ class RedisStore:
             decode_responses=True,
         )
         self._reserve = self._client.register_script(RESERVE)
+        self._take = self._client.register_script(TAKE)
 
     @property
     def ledger(self) -> Ledger | None:
@@ -112,3 +140,10 @@ class RedisStore:
     async def peek(self, keys: Sequence[str]) -> list[int]:
         values: list[bytes | str | None] = await self._client.mget([PREFIX + k for k in keys])
         return [int(v or 0) for v in values]
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        args: list[float] = []
+        for bucket in buckets:
+            args += (bucket.rate, bucket.burst)
+        wait = await self._take(keys=[PREFIX + bucket.key for bucket in buckets], args=args)
+        return float(wait)

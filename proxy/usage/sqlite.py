@@ -1,20 +1,24 @@
 """The default usage store: one SQLite file, written by one thread off the event loop.
 
 WAL lets the ``usage`` command read while the proxy writes; an upsert adds each batch to the
-hour's row, so several processes may share the file (their budgets are per process, though:
-use Redis for budgets shared between processes).
+hour's row, so several processes may share the file. Budget counters and rate-limit buckets
+live in the same file: every reservation is one ``BEGIN IMMEDIATE`` transaction (SQLite's
+write lock, held across processes for the few statements of one check-and-take), so the
+workers of ``run --workers N`` and separate ``run`` processes on one host share each budget
+and each rate exactly (issue 17). Across hosts, use Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.usage.store import Batch, Ledger, Row
+from proxy.usage.store import Batch, Bucket, Ledger, Row
 
 T = TypeVar("T")
 
@@ -34,6 +38,13 @@ INSERT INTO usage (hour, client, product, kind, calls, errors) VALUES (?, ?, ?, 
 ON CONFLICT (hour, client, product, kind)
 DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors
 """
+# Budget counters and token buckets shared by every process on this file (wall-clock times).
+LEDGER_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, value INTEGER NOT NULL, "
+    "expires REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+    "stamp REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+)
 SELECT = """
 SELECT client, product, kind, SUM(calls), SUM(errors) FROM usage WHERE hour >= ?
 GROUP BY client, product, kind
@@ -52,7 +63,7 @@ class SqliteStore:
 
     @property
     def ledger(self) -> Ledger | None:
-        return None
+        return self  # counters in the file: exact for every process that opens it
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
@@ -68,6 +79,8 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         db.execute(SCHEMA)
+        for statement in LEDGER_SCHEMA:
+            db.execute(statement)
         db.commit()
         self._db = db
 
@@ -91,6 +104,90 @@ class SqliteStore:
         if self._db is None:
             return []
         return sorted(Row(*values) for values in self._db.execute(SELECT, (since_hour,)))
+
+    # -- the ledger: budget counters and rate buckets, one transaction each ---------------------
+
+    def _immediate(self) -> sqlite3.Connection:
+        """The connection inside a ``BEGIN IMMEDIATE`` (the file's write lock, all processes)."""
+        if self._db is None:
+            self._open()
+        assert self._db is not None
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        return await self._run(lambda: self._reserve(keys, limits, ttl))
+
+    def _reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        now = time.time()
+        with self._immediate() as db:  # commits, or rolls back on an error
+            values = [self._value(db, key, now) for key in keys]
+            for index, (value, limit) in enumerate(zip(values, limits, strict=True)):
+                if value + 1 > limit:
+                    return [-1 - index]
+            for key, value in zip(keys, values, strict=True):
+                db.execute(
+                    "INSERT OR REPLACE INTO ledger VALUES (?, ?, MAX(?, COALESCE("
+                    "(SELECT expires FROM ledger WHERE key = ?), 0)))",
+                    (key, value + 1, now + ttl, key),
+                )
+            return [value + 1 for value in values]
+
+    @staticmethod
+    def _value(db: sqlite3.Connection, key: str, now: float) -> int:
+        row = db.execute("SELECT value, expires FROM ledger WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row is not None and row[1] > now else 0
+
+    async def release(self, keys: Sequence[str]) -> None:
+        def release() -> None:
+            with self._immediate() as db:
+                for key in keys:
+                    db.execute("UPDATE ledger SET value = MAX(0, value - 1) WHERE key = ?", (key,))
+
+        await self._run(release)
+
+    async def seed(self, key: str, value: int, ttl: int) -> None:
+        def seed() -> None:
+            now = time.time()
+            with self._immediate() as db:
+                db.execute("DELETE FROM ledger WHERE expires <= ?", (now,))
+                db.execute("DELETE FROM buckets WHERE expires <= ?", (now,))
+                db.execute("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)", (key, value, now + ttl))
+
+        await self._run(seed)
+
+    async def peek(self, keys: Sequence[str]) -> list[int]:
+        def peek() -> list[int]:
+            if self._db is None:
+                self._open()
+            assert self._db is not None
+            now = time.time()
+            return [self._value(self._db, key, now) for key in keys]
+
+        return await self._run(peek)
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        return await self._run(lambda: self._take(buckets))
+
+    def _take(self, buckets: Sequence[Bucket]) -> float:
+        now = time.time()
+        with self._immediate() as db:
+            levels = []
+            for bucket in buckets:
+                row = db.execute(
+                    "SELECT tokens, stamp FROM buckets WHERE key = ? AND expires > ?",
+                    (bucket.key, now),
+                ).fetchone()
+                level = bucket.level(row, now)
+                if level < 1:
+                    return bucket.wait(level)
+                levels.append(level)
+            for bucket, level in zip(buckets, levels, strict=True):
+                db.execute(
+                    "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
+                    (bucket.key, level - 1, now, now + bucket.ttl),
+                )
+        return 0.0
 
     async def close(self) -> None:
         db, self._db = self._db, None

@@ -30,6 +30,35 @@ class Row:
     errors: int
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One rate limit's token bucket: ``rate`` calls a second on average, ``burst`` at once.
+
+    ``key`` names the rule (one bucket per rule for every process sharing the ledger); the
+    arithmetic is here once for the memory and SQLite ledgers (Redis runs it in Lua).
+    """
+
+    key: str
+    rate: float
+    burst: float
+
+    @property
+    def ttl(self) -> float:
+        """Seconds after which an untouched bucket is full again (and may be forgotten)."""
+        return self.burst / self.rate + 60
+
+    def level(self, state: tuple[float, float] | None, now: float) -> float:
+        """Tokens in the bucket at ``now``, from its stored ``(tokens, stamp)`` (None: full)."""
+        if state is None:
+            return self.burst
+        tokens, stamp = state
+        return min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
+
+    def wait(self, level: float) -> float:
+        """Seconds until a bucket at ``level`` (< 1) holds a whole token."""
+        return (1 - level) / self.rate
+
+
 class Ledger(Protocol):
     """Budget counters: one per budget and period, reserved before a call, given back after."""
 
@@ -51,6 +80,11 @@ class Ledger(Protocol):
 
     async def peek(self, keys: Sequence[str]) -> list[int]:
         """The counters' values (0 for a missing one), changing nothing."""
+        ...
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        """Take a token from every bucket, atomically: 0.0; or, when one is short, nothing is
+        taken and the answer is the seconds until that bucket has a token again."""
         ...
 
 

@@ -1,0 +1,75 @@
+"""The shared ledgers (issue 17): SQLite and Redis pass the SAME cases, each opened twice as two
+processes would open it; budget counters and rate-limit buckets are one for both."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from proxy.usage.store import Bucket, Ledger, UsageStore
+from tests.unit.test_usage_store import new_store
+
+__all__ = ["new_store"]  # the fixture: one SQLite file or one Redis, opened per "process"
+Opener = Callable[[], UsageStore]
+SLOW = Bucket("rate:0.001:3:*", rate=0.001, burst=3)  # 3 at once, then one per 1000 s
+
+
+async def ledgers(opener: Opener, count: int = 2) -> list[Ledger]:
+    found = []
+    for _ in range(count):
+        store = opener()
+        await store.open()
+        assert store.ledger is not None, "a shared store must offer a shared ledger"
+        found.append(store.ledger)
+    return found
+
+
+async def test_two_processes_reserving_at_once_spend_a_budget_exactly(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    answers = await asyncio.gather(
+        *(ledger.reserve(["budget:k"], [5], 3600) for ledger in [first, second] * 6)
+    )
+    assert sorted(a[0] for a in answers) == [-1] * 7 + [1, 2, 3, 4, 5]
+    assert await first.peek(["budget:k"]) == [5] == await second.peek(["budget:k"])
+
+
+async def test_a_refused_reservation_takes_from_no_pool(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    assert await first.reserve(["a", "b"], [10, 1], 3600) == [1, 1]
+    assert await second.reserve(["a", "b"], [10, 1], 3600) == [-2]  # b is spent
+    assert await first.peek(["a", "b"]) == [1, 1]
+    await second.release(["a", "b"])
+    assert await first.reserve(["a", "b"], [10, 1], 3600) == [1, 1]
+
+
+async def test_a_seed_never_overwrites_a_counter_another_process_holds(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    await first.seed("budget:s", 4, 3600)
+    await second.seed("budget:s", 0, 3600)
+    assert await second.peek(["budget:s"]) == [4]
+
+
+async def test_one_rate_limit_bucket_for_both_processes(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    waits = [await ledger.take([SLOW]) for ledger in [first, second] * 3]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert all(900 < wait <= 1000 for wait in waits[3:]), waits
+
+
+async def test_a_short_bucket_takes_nothing_from_the_others(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    five = Bucket("rate:0.001:5:ci", rate=0.001, burst=5)
+    for _ in range(3):
+        assert await first.take([five, SLOW]) == 0.0
+    assert await second.take([five, SLOW]) > 0  # SLOW is empty: five keeps its token
+    assert [await second.take([five]) > 0 for _ in range(3)] == [False, False, True]
+
+
+async def test_a_bucket_refills_at_its_rate(new_store: Opener) -> None:
+    first, second = await ledgers(new_store)
+    fast = Bucket("rate:20:1:ci", rate=20, burst=1)
+    assert await first.take([fast]) == 0.0
+    wait = await second.take([fast])
+    assert 0 < wait <= 0.05
+    await asyncio.sleep(wait + 0.02)
+    assert await second.take([fast]) == 0.0
