@@ -25,8 +25,9 @@ from proxy.oauth import TOKEN_PATHS
 from proxy.pipeline import Guard, Observer, access_guard, add_request_id
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
+from proxy.token_client import request_token
 from proxy.token_schedule import shared_schedule
-from proxy.tokens import SCHEDULE_POLICY, TokenCache, request_token
+from proxy.tokens import SCHEDULE_POLICY, TokenCache
 from proxy.upstream import Egress, create_session, create_token_session
 from proxy.usage.gate import USAGE, Usage
 

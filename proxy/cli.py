@@ -30,7 +30,7 @@ from proxy.settings import (
     load_settings,
     unknown_env_vars,
 )
-from proxy.tokens import TokenFetchError, request_token
+from proxy.token_client import TokenFetchError, request_token
 from proxy.usage.rules import kubernetes_sqlite_warning
 
 EXIT_USAGE = 2

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from proxy.settings import Settings
-from proxy.tokens import _lifetime, _unverified_claims
+from proxy.token_client import _lifetime, _unverified_claims
 from proxy.upstream import Egress
 
 NOT_AT_STARTUP = (
