@@ -14,6 +14,8 @@ from aiohttp.typedefs import Handler
 
 from proxy import health, local_tokens, reload, status_page
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.cache.engines import open_cache_store
+from proxy.cache.step import CACHE, ConversionCache
 from proxy.connections import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLimits
 from proxy.credentials import Credentials, CredentialsSource
 from proxy.errors import ProxyError
@@ -57,7 +59,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     credentials = CredentialsSource(settings, tokens.set_credentials)
     app[RELOAD_HOOKS].append(credentials.reload)
     secret_watch = asyncio.create_task(credentials.watch(), name="secret-file-watch")
-    app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS])
+    app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS], app.get(CACHE))
     app[FORWARD] = app[USAGE].wrap(app[FORWARDER].handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
@@ -171,6 +173,10 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     metrics.watch_calls(lambda: usage.counter.totals)
     app[RELOAD_HOOKS].append(usage.reload)
     app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
+    store = open_cache_store(settings)
+    if store is not None:  # cache_store = "off" (the default): no cache step at all
+        app[CACHE] = ConversionCache(settings, store, metrics)
+        app.cleanup_ctx.append(app[CACHE].run)
     app.cleanup_ctx.append(_upstream_ctx)
     app.on_response_prepare.append(add_request_id)
     # Applied by server.start_server to every connection (with the parser's bounds).

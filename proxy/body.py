@@ -28,7 +28,7 @@ import asyncio
 import errno
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO
 
@@ -107,9 +107,11 @@ class RequestBody:
         memory_limit: int,
         max_size: int,
         spool_dir: Path | None,
+        observe: Callable[[bytes], None] | None = None,
     ) -> RequestBody:
         """Read ``stream`` to the end; ``BodyTooLarge`` past ``max_size`` bytes,
-        ``InsufficientStorage`` when a body that must spill cannot be written."""
+        ``InsufficientStorage`` when a body that must spill cannot be written. ``observe``
+        sees every chunk as it is spooled (the cache key's hash: no second read)."""
         body = cls()
         slow_writes = 0  # spool writes go on the loop until SLOW_WRITES were slow,
         pending = bytearray()  # then bytes not yet written: the thread gets big batches
@@ -118,6 +120,8 @@ class RequestBody:
                 body.size += len(chunk)
                 if body.size > max_size:
                     raise too_large(body.size, max_size)
+                if observe is not None:
+                    observe(chunk)
                 if body._file is None:
                     body._memory.append(chunk)
                     body._memory_size += len(chunk)

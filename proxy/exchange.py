@@ -37,7 +37,7 @@ class Exchange:
     lookup per step, attributes that always exist (``request.get`` on a missing key raises
     and catches a KeyError inside aiohttp, thousands of instructions)."""
 
-    __slots__ = ("aborted", "client", "request_id", "upstream_status")
+    __slots__ = ("aborted", "cached", "client", "request_id", "upstream_status")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -47,6 +47,7 @@ class Exchange:
         # Upstream answered with this status: the request is a call (counted even if the
         # client left before the answer was sent).
         self.upstream_status: int | None = None
+        self.cached = False  # answered from the conversion cache: not a call (issue 19)
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

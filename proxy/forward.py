@@ -7,6 +7,7 @@ Everything that can be computed once (URL parts, timeouts, limits) is computed i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
@@ -14,6 +15,9 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.body import RequestBody, TeeBody, too_large
+from proxy.cache.key import BodyDigest
+from proxy.cache.policy import Decision
+from proxy.cache.step import X_CACHE, ConversionCache, Ticket
 from proxy.errors import BadRequest
 from proxy.exchange import EXCHANGE, REQUEST_ID_HEADER, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
@@ -56,7 +60,9 @@ class Forwarder:
         session: aiohttp.ClientSession,
         tokens: TokenCache,
         metrics: Metrics,
+        cache: ConversionCache | None = None,
     ) -> None:
+        self._cache = cache
         self._session = session
         self._tokens = tokens
         self._metrics = metrics
@@ -102,9 +108,16 @@ class Forwarder:
         if declared is not None and declared > self._max_body:
             raise too_large(declared, self._max_body)
 
+        exchange = request[EXCHANGE]
+        cache = self._cache
+        ticket = cache.ticket(request) if cache is not None else None
+        # A cacheable request is read whole, its key computed on the way (no streaming tee).
+        digest = None
+        if ticket is not None and ticket.decision is not Decision.BYPASS:
+            digest = BodyDigest(request.headers.get("Content-Type"))
         body = EMPTY_BODY
         if request.body_exists:
-            if declared is not None and declared > self._memory_limit:
+            if digest is None and declared is not None and declared > self._memory_limit:
                 # Big, with a known length: streamed upstream as it arrives, copied for a replay.
                 body = await TeeBody.open(request.content, spool_dir=self._spool_dir)
             else:
@@ -113,17 +126,26 @@ class Forwarder:
                     memory_limit=self._memory_limit,
                     max_size=self._max_body,
                     spool_dir=self._spool_dir,
+                    observe=digest.update if digest is not None else None,
                 )
-        exchange = request[EXCHANGE]
         try:
+            if cache is not None and ticket is not None and digest is not None:
+                key = cache.key(request, exchange.client, digest)
+                hit = await cache.lookup(ticket, key)
+                if hit is not None:
+                    exchange.cached = True
+                    return await cache.answer(request, hit, exchange)
             upstream = await self._send(request, raw_target, body)
             exchange.upstream_status = upstream.status
             try:
-                return await self._stream_back(request, upstream, exchange)
+                return await self._stream_back(request, upstream, exchange, ticket)
             finally:
-                upstream.release()
+                if ticket is None or ticket.fill is None:  # a fill releases it when done
+                    upstream.release()
         finally:
             body.close()
+            if cache is not None and ticket is not None:
+                cache.done(ticket)
 
     async def _send(
         self, request: web.Request, raw_target: str, body: RequestBody
@@ -207,15 +229,25 @@ class Forwarder:
         log.info("upstream answered 401: replaying once with a renewed token")
 
     async def _stream_back(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        ticket: Ticket | None = None,
     ) -> web.StreamResponse:
         status, reason = upstream.status, upstream.reason
         headers = outbound_response_headers(upstream.headers)
         headers.append((REQUEST_ID_HEADER, exchange.request_id))  # upstream's own is dropped
         length = upstream.headers.get("Content-Length")
         has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
+        chunks = None
+        if ticket is not None:
+            headers.append((X_CACHE, ticket.label))
+            if has_body and self._cache is not None:
+                fill = self._cache.start_fill(ticket, upstream, headers, self._body(upstream))
+                chunks = fill.chunks() if fill is not None else None
         content = upstream.content
-        if has_body and content.is_eof():
+        if chunks is None and has_body and content.is_eof():
             # The whole body came with the headers (most API answers): one write, no loop.
             body = content.read_nowait()
             whole = _WholeResponse(status=status, reason=reason, headers=headers)
@@ -231,7 +263,7 @@ class Forwarder:
         if not has_body:
             return response
         try:
-            async for chunk in iter_body(upstream, self._read_timeout, self._loop):
+            async for chunk in chunks or self._body(upstream):
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The client must see a broken response, not a complete-looking one: close the
@@ -243,3 +275,6 @@ class Forwarder:
             return response
         await response.write_eof()
         return response
+
+    def _body(self, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        return iter_body(upstream, self._read_timeout, self._loop)

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.oauth import TOKEN_PATHS
-from proxy.sandbox import control, diagnostics, storage
+from proxy.sandbox import control, conversions, diagnostics, storage
 from proxy.sandbox.config import SandboxConfig
 from proxy.sandbox.middleware import access_log, guard_api
 from proxy.sandbox.state import STATE, SandboxState
@@ -44,6 +44,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> web.Application:
     for path in TOKEN_PATHS:
         app.router.add_post(path, token_endpoint)
     storage.add_routes(app)
+    conversions.add_routes(app)
     diagnostics.add_routes(app)
     control.add_routes(app)
     return app

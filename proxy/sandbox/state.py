@@ -25,6 +25,7 @@ class Stats:
     revoked_token_requests: int = 0
     failed_token_requests: int = 0
     locked_out_requests: int = 0
+    conversions: int = 0  # conversions performed (proxy/sandbox/conversions.py)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -57,6 +57,9 @@ class UsageCounter:
         self, store: UsageStore, *, flush_interval: float, clock: Callable[[], float] = time.time
     ) -> None:
         self.totals: dict[Key, int] = {}
+        # Requests answered by the conversion cache (not calls), per (client, product, kind),
+        # since this process started.
+        self.cached: dict[tuple[str, str, str], int] = {}
         self.store = store
         self._written: dict[Key, int] = {}
         self._interval = flush_interval
@@ -68,6 +71,10 @@ class UsageCounter:
         """Count one answered call (the gate inlines this on the hot path)."""
         key = (client, product, kind, STATUS_CLASSES[status // 100 % 10])
         self.totals[key] = self.totals.get(key, 0) + 1
+
+    def count_cached(self, client: str, product: str, kind: str) -> None:
+        key = (client, product, kind)
+        self.cached[key] = self.cached.get(key, 0) + 1
 
     def _pending(self, snapshot: dict[Key, int]) -> dict[tuple[str, str, str], tuple[int, int]]:
         written = self._written

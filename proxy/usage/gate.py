@@ -70,6 +70,11 @@ class Usage:
                 elif reserved:
                     limits.release(reserved)
                 raise
+            if exchange.cached:  # answered by the conversion cache: not a call (issue 19)
+                if reserved:
+                    limits.release(reserved)
+                usage.counter.count_cached(client, product, kind)
+                return response
             key = (client, product, kind, classes[response.status // 100 % 10])
             totals[key] = totals.get(key, 0) + 1
             return response

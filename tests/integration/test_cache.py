@@ -1,0 +1,218 @@
+"""The conversion cache end to end: the real proxy, the real sandbox (which counts the
+conversions it performs), real redis-server, the official Words SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from tests.conftest import RunningSandbox
+from tests.integration.conftest import ProxyFactory, RunningProxy
+
+CONVERT = "/v4.0/words/convert?format=pdf"
+DOC = b"%DOCX fake document " * 100
+
+
+def disk(tmp_path: Path, **more: Any) -> dict[str, Any]:
+    return {"cache_store": f"file://{tmp_path / 'cache'}", **more}
+
+
+async def put(
+    proxy: RunningProxy, target: str = CONVERT, body: bytes = DOC, **headers: str
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with proxy.client.put(proxy.url + target, data=body, headers=headers) as response:
+        return response.status, CIMultiDict(response.headers), await response.read()
+
+
+async def conversions(sandbox: RunningSandbox) -> int:
+    return (await sandbox.stats())["conversions"]
+
+
+async def test_a_second_identical_conversion_is_a_hit_and_costs_no_conversion(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    status, headers, first = await put(proxy)
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+    status, headers, second = await put(proxy)
+    assert (status, headers["X-Cache"]) == (200, "HIT")
+    assert second == first  # byte for byte, the serial and time of the first call included
+    assert int(headers["Age"]) >= 0
+    assert headers["Content-Type"] == "application/pdf"
+    assert "X-Request-Id" in headers
+    assert await conversions(sandbox) == 1
+
+
+async def test_the_cache_is_off_by_default(proxy: RunningProxy, sandbox: RunningSandbox) -> None:
+    _, headers, _ = await put(proxy)
+    _, headers, _ = await put(proxy)
+    assert "X-Cache" not in headers
+    assert await conversions(sandbox) == 2
+
+
+async def test_a_path_off_the_allow_list_has_no_x_cache_header(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    async with proxy.client.get(proxy.url + "/v4.0/words/storage/disc") as response:
+        assert "X-Cache" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        (CONVERT + "&outPath=out.pdf", {}),
+        (CONVERT + "&storage=S", {}),
+        (CONVERT + "&fontsLocation=f", {}),
+        (CONVERT + "&password=p", {}),
+        (CONVERT + "&encryptedPassword=e", {}),
+        (CONVERT, {"Cache-Control": "no-store"}),
+    ],
+)
+async def test_bypassed_requests_are_forwarded_every_time(
+    proxy_factory: ProxyFactory,
+    sandbox: RunningSandbox,
+    tmp_path: Path,
+    target: str,
+    headers: dict[str, str],
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    for _ in range(2):
+        _, answer, _ = await put(proxy, target, **headers)
+        assert answer["X-Cache"] == "BYPASS"
+    assert await conversions(sandbox) == 2
+
+
+async def test_a_slides_password_header_bypasses(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    for _ in range(2):
+        async with proxy.client.post(
+            proxy.url + "/v3.0/slides/convert/pdf", data=DOC, headers={"password": "x"}
+        ) as response:
+            assert response.headers["X-Cache"] == "BYPASS"
+    assert await conversions(sandbox) == 2
+
+
+async def test_no_cache_forces_a_call_and_refreshes_the_entry(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    _, _, first = await put(proxy)
+    _, headers, refreshed = await put(proxy, **{"Cache-Control": "no-cache"})
+    assert headers["X-Cache"] == "MISS"
+    assert refreshed != first  # a new conversion (another serial)
+    _, headers, again = await put(proxy)
+    assert (headers["X-Cache"], again) == ("HIT", refreshed)
+    assert await conversions(sandbox) == 2
+
+
+async def test_errors_are_never_stored(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await sandbox.api_fault(status=500, count=1)
+    status, headers, _ = await put(proxy)
+    assert (status, headers["X-Cache"]) == (500, "MISS")
+    status, headers, _ = await put(proxy)
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+    _, headers, _ = await put(proxy)
+    assert headers["X-Cache"] == "HIT"
+
+
+async def test_a_truncated_answer_is_never_stored(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await sandbox.api_fault(reset=True, count=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await put(proxy)
+    _, headers, _ = await put(proxy)
+    assert headers["X-Cache"] == "MISS"
+
+
+async def test_answers_over_the_entry_size_are_not_stored(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path, cache_max_entry_size=len(DOC) // 2))
+    for _ in range(2):
+        _, headers, _ = await put(proxy)
+        assert headers["X-Cache"] == "MISS"
+    assert await conversions(sandbox) == 2
+
+
+async def test_ten_concurrent_identical_conversions_make_one_upstream_call(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await sandbox.api_fault(delay=0.5, count=1)  # the first call is slow: the rest pile up
+    answers = await asyncio.gather(*(put(proxy) for _ in range(10)))
+    assert await conversions(sandbox) == 1
+    assert {body for _, _, body in answers} == {answers[0][2]}
+    assert sorted(h["X-Cache"] for _, h, _ in answers) == ["HIT"] * 9 + ["MISS"]
+
+
+async def test_a_restart_keeps_the_entries(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    first = await proxy_factory(**disk(tmp_path))
+    _, _, body = await put(first)
+    await first.stop()
+    second = await proxy_factory(**disk(tmp_path))
+    _, headers, again = await put(second)
+    assert (headers["X-Cache"], again) == ("HIT", body)
+    assert await conversions(sandbox) == 1
+
+
+async def test_a_corrupted_entry_on_disk_is_a_miss(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await put(proxy)
+    (entry,) = [p for p in (tmp_path / "cache").glob("??/*")]
+    data = entry.read_bytes()
+    entry.write_bytes(data[:100] + data[101:])  # one byte short: the length check fails
+    _, headers, _ = await put(proxy)
+    assert headers["X-Cache"] == "MISS"
+    assert await conversions(sandbox) == 2
+
+
+async def test_two_proxies_share_a_redis_cache(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, redis_url: str
+) -> None:
+    one = await proxy_factory(cache_store=redis_url)
+    two = await proxy_factory(cache_store=redis_url)
+    body = DOC + b"redis"
+    _, headers, first = await put(one, body=body)
+    assert headers["X-Cache"] == "MISS"
+    _, headers, second = await put(two, body=body)
+    assert (headers["X-Cache"], second) == ("HIT", first)
+    assert await conversions(sandbox) == 1
+
+
+async def test_the_sdks_multipart_uploads_hit_despite_random_boundaries(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    import asposewordscloud
+    from asposewordscloud.models.requests import ConvertDocumentRequest
+
+    proxy = await proxy_factory(**disk(tmp_path))
+    source = tmp_path / "report.docx"
+    source.write_bytes(DOC)
+
+    def convert() -> bytes:
+        api = asposewordscloud.WordsApi("demo", "anything", base_url=proxy.url)
+        with source.open("rb") as document:
+            result = api.convert_document(ConvertDocumentRequest(document, "pdf"))
+        return bytes(result) if not isinstance(result, str) else Path(result).read_bytes()
+
+    first = await asyncio.to_thread(convert)
+    second = await asyncio.to_thread(convert)
+    assert first == second
+    assert await conversions(sandbox) == 1
