@@ -740,6 +740,7 @@ async def test_stats_count_requests_and_reset(sandbox: RunningSandbox) -> None:
         "revoked_token_requests": 0,
         "failed_token_requests": 0,
         "locked_out_requests": 0,
+        "conversions": 0,
     }
     assert await sandbox.control("stats/reset") == {
         "token_requests": 0,
@@ -749,6 +750,7 @@ async def test_stats_count_requests_and_reset(sandbox: RunningSandbox) -> None:
         "revoked_token_requests": 0,
         "failed_token_requests": 0,
         "locked_out_requests": 0,
+        "conversions": 0,
     }
 
 
