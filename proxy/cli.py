@@ -21,6 +21,7 @@ import structlog
 from pydantic import SecretStr
 
 from proxy import __version__
+from proxy.cache import cli as cache_cli
 from proxy.log_setup import MIN_SECRET_LENGTH, configure_logging, short_secrets
 from proxy.settings import (
     LOG_LEVELS,
@@ -35,8 +36,16 @@ from proxy.usage.rules import kubernetes_sqlite_warning
 
 EXIT_USAGE = 2
 # Settings that are never CLI flags: a secret on the command line is visible in `ps`.
-NOT_FLAGS = frozenset({"client_secret", "local_clients", "access_keys", "usage_store_password"})
-COMMANDS = ("run", "demo", "sandbox", "check", "config", "usage")
+NOT_FLAGS = frozenset(
+    {
+        "client_secret",
+        "local_clients",
+        "access_keys",
+        "usage_store_password",
+        "cache_store_password",
+    }
+)
+COMMANDS = ("run", "demo", "sandbox", "check", "config", "usage", "cache")
 
 log = structlog.get_logger("proxy.cli")
 
@@ -133,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--period", choices=("day", "month"), default="day", help="UTC period")
     usage.add_argument("--json", action="store_true", help="the /_proxy/usage JSON")
     _setting_flags(usage)
+
+    cache = commands.add_parser(
+        "cache", help="stats or clear the conversion cache in cache_store (the proxy need not run)"
+    )
+    cache_cli.add_arguments(cache)
+    _setting_flags(cache)
     return parser
 
 
@@ -200,6 +215,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 0
     if args.command == "usage":
         return asyncio.run(_usage(settings, args.period, as_json=args.json))
+    if args.command == "cache":
+        return asyncio.run(cache_cli.run(settings, args.action, as_json=args.json))
     _require_credentials(settings)
     configure_logging(
         settings.log_format,

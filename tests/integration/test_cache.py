@@ -4,6 +4,7 @@ conversions it performs), real redis-server, the official Words SDK."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from multidict import CIMultiDict
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.test_cli import run_cli
 
 CONVERT = "/v4.0/words/convert?format=pdf"
 DOC = b"%DOCX fake document " * 100
@@ -216,3 +218,27 @@ async def test_the_sdks_multipart_uploads_hit_despite_random_boundaries(
     second = await asyncio.to_thread(convert)
     assert first == second
     assert await conversions(sandbox) == 1
+
+
+async def test_cache_stats_and_clear_work_on_the_store_without_a_proxy(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await put(proxy)
+    await put(proxy, body=DOC + b"2")
+    await proxy.stop()
+    env = {"ASPOSE_PROXY_CACHE_STORE": f"file://{tmp_path / 'cache'}"}
+    code, out, _ = await run_cli("cache", "stats", "--json", env=env)
+    stats = json.loads(out)
+    assert (code, stats["entries"]) == (0, 2)
+    assert stats["bytes"] > 2 * len(DOC)
+    code, out, _ = await run_cli("cache", "clear", env=env)
+    assert (code, out.strip()) == (0, f"removed 2 entries from file://{tmp_path / 'cache'}")
+    code, out, _ = await run_cli("cache", "stats", "--json", env=env)
+    assert json.loads(out)["entries"] == 0
+
+
+async def test_cache_stats_says_when_the_cache_is_off() -> None:
+    code, _, err = await run_cli("cache", "stats", env={"ASPOSE_PROXY_CACHE_STORE": "off"})
+    assert code == 1
+    assert "cache_store is off" in err
