@@ -280,8 +280,8 @@ def _toml_value(value: Any) -> str:
 
 async def _usage(settings: Settings, period: str, *, as_json: bool) -> int:
     """``usage``: the report straight from the store, as a table or as the JSON."""
+    from proxy.usage.factory import open_store
     from proxy.usage.report import render_table, usage_report
-    from proxy.usage.store import open_store
 
     if settings.usage_store == "off":
         print("aspose-proxy: usage_store is off: no calls are kept", file=sys.stderr)

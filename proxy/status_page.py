@@ -86,7 +86,7 @@ TRAFFIC = web.AppKey("traffic", Traffic)
 async def _report(request: web.Request, period: str) -> dict[str, Any]:
     usage = request.app[USAGE]
     try:
-        return await usage_report(period, usage.counter.rows, usage.limits.budgets)
+        return await usage_report(period, usage.counter.rows, usage.budgets.rules)
     except Exception as exc:
         raise UsageStoreUnavailable(
             f"The usage store cannot be read ({type(exc).__name__}).", retry_after=5

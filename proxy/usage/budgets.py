@@ -1,8 +1,9 @@
-"""Budgets (calls per UTC day or month) and per-client token buckets (calls per second).
+"""Budgets: calls per UTC day or month, per client and product, reserved before forwarding.
 
 The rules are immutable and built once (a SIGHUP builds new ones); what they count lives in a
-ledger: Redis when the store is shared (one atomic script per reservation), else this
-process's memory, seeded from the store at start so a restart does not refill a budget.
+ledger: the store's when it is shared (SQLite: one transaction per reservation; Redis: one
+atomic script), else this process's memory, seeded from the store at start so a restart does
+not refill a budget.
 A reservation is taken before the request is forwarded and given back when no answer came.
 """
 
@@ -15,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from proxy.errors import BudgetExhausted, RateLimited, UsageStoreUnavailable
-from proxy.usage.rules import ANY, Budget, RateLimit
-from proxy.usage.store import Bucket, Ledger, Row
+from proxy.errors import BudgetExhausted, UsageStoreUnavailable
+from proxy.usage.memory import MemoryLedger
+from proxy.usage.rules import ANY, Budget, applies
+from proxy.usage.store import Ledger, Row
 
 log = structlog.get_logger("proxy.usage")
 
@@ -35,58 +37,9 @@ def period_bounds(period: str, now: float) -> tuple[datetime, datetime]:
     return start, (start + timedelta(days=32)).replace(day=1)
 
 
-def applies(budget: Budget | RateLimit, client: str, product: str | None = None) -> bool:
-    """Whether a call by ``client`` to ``product`` counts against ``budget``."""
-    if budget.client != ANY and budget.client != client:
-        return False
-    return product is None or not isinstance(budget, Budget) or budget.product in (ANY, product)
-
-
 def used_by(budget: Budget, rows: Iterable[Row]) -> int:
     """Calls in ``rows`` (one period's) that count against ``budget``."""
     return sum(row.calls for row in rows if applies(budget, row.client, row.product))
-
-
-class MemoryLedger:
-    """Budget counters of this process (stores without a shared ledger)."""
-
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._values: dict[str, int] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, stamp)
-        self._monotonic = monotonic
-
-    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
-        values = self._values
-        for index, (key, limit) in enumerate(zip(keys, limits, strict=True)):
-            if values.get(key, 0) + 1 > limit:
-                return [-1 - index]
-        reserved = []
-        for key in keys:
-            values[key] = value = values.get(key, 0) + 1
-            reserved.append(value)
-        return reserved
-
-    async def release(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self._values[key] = max(0, self._values.get(key, 0) - 1)
-
-    async def seed(self, key: str, value: int, ttl: int) -> None:
-        self._values.setdefault(key, value)
-
-    async def peek(self, keys: Sequence[str]) -> list[int]:
-        return [self._values.get(key, 0) for key in keys]
-
-    async def take(self, buckets: Sequence[Bucket]) -> float:
-        now = self._monotonic()
-        levels = []
-        for bucket in buckets:
-            level = bucket.level(self._buckets.get(bucket.key), now)
-            if level < 1:
-                return bucket.wait(level)
-            levels.append(level)
-        for bucket, level in zip(buckets, levels, strict=True):
-            self._buckets[bucket.key] = (level - 1, now)
-        return 0.0
 
 
 class _Plan:
@@ -109,84 +62,30 @@ class _Plan:
 _UNPLANNED = _Plan((Budget(client=ANY, calls=0),), [("", 0.0)], 0.0)  # a marker: not looked at yet
 
 
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; a call takes one (per process)."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rule: RateLimit, now: float) -> None:
-        self.rate = rule.per_second
-        self.burst = float(rule.burst)
-        self.tokens = self.burst
-        self.stamp = now
-
-    def take(self, now: float) -> float:
-        """0 when a token was taken, else the seconds until one is there."""
-        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if tokens >= 1:
-            self.tokens = tokens - 1
-            return 0.0
-        self.tokens = tokens
-        return (1 - tokens) / self.rate
-
-
-class Limits:
-    """The budget and rate-limit rules in force, and the checks made before forwarding."""
+class Budgets:
+    """The budget rules in force, and the reservation made before forwarding."""
 
     def __init__(
         self,
-        budgets: Sequence[Budget],
-        rate_limits: Sequence[RateLimit],
+        rules: Sequence[Budget],
         ledger: Ledger | None,
         *,
         clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.budgets = tuple(dict.fromkeys(budgets))  # an exact duplicate is one pool
-        self.rate_limits = tuple(rate_limits)
+        self.rules = tuple(dict.fromkeys(rules))  # an exact duplicate is one pool
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
-        self.active = bool(self.budgets or self.rate_limits)
+        self.active = bool(self.rules)
         self._clock = clock
-        self._monotonic = monotonic
         self._pools: dict[tuple[str, str], tuple[Budget, ...]] = {}
-        now = monotonic()
-        self._rule_buckets = {rule: TokenBucket(rule, now) for rule in dict.fromkeys(rate_limits)}
-        self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
         self._plans: dict[tuple[str, str], _Plan | None] = {}
         self._warned: set[str] = set()
         self._giving_back: set[asyncio.Future[None]] = set()
-
-    # -- rate limits ---------------------------------------------------------------------------
-
-    def check_rate(self, client: str) -> None:
-        """Take a token from each bucket that applies to ``client``, or raise ``RateLimited``."""
-        buckets = self._buckets.get(client)
-        if buckets is None:
-            buckets = self._buckets[client] = tuple(
-                bucket for rule, bucket in self._rule_buckets.items() if applies(rule, client)
-            )
-        if not buckets:
-            return
-        now = self._monotonic()
-        for index, bucket in enumerate(buckets):
-            wait = bucket.take(now)
-            if wait:
-                for taken in buckets[:index]:
-                    taken.tokens += 1  # refused: give back what this request took
-                raise RateLimited(
-                    f"Client '{client}' is over its rate limit "
-                    f"({bucket.rate:g} calls per second, bursts of {bucket.burst:g}).",
-                    retry_after=wait,
-                )
-
-    # -- budgets --------------------------------------------------------------------------------
 
     def pools_for(self, client: str, product: str) -> tuple[Budget, ...]:
         pools = self._pools.get((client, product))
         if pools is None:
             pools = self._pools[(client, product)] = tuple(
-                b for b in self.budgets if applies(b, client, product)
+                b for b in self.rules if applies(b, client, product)
             )
         return pools
 
@@ -274,7 +173,7 @@ class Limits:
         """Start each budget's counter at the calls the store already holds for its period."""
         now = self._clock()
         rows: dict[str, list[Row]] = {}
-        for budget in self.budgets:
+        for budget in self.rules:
             if budget.period not in rows:
                 start, _ = period_bounds(budget.period, now)
                 rows[budget.period] = await rows_since(int(start.timestamp()) // 3600)

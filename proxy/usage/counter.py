@@ -17,7 +17,7 @@ import structlog
 
 from proxy.paths import normalise
 from proxy.usage.rules import OTHER, PRODUCTS
-from proxy.usage.store import Row, UsageStore, merge
+from proxy.usage.store import Row, UsageStore, current_hour, merge
 
 log = structlog.get_logger("proxy.usage")
 
@@ -26,11 +26,6 @@ STATUS_CLASSES = tuple(f"{i}xx" for i in range(10))  # status // 100 -> label va
 ERROR_CLASSES = frozenset(STATUS_CLASSES[4:])
 STORAGE = "storage"
 API = "api"
-
-
-def current_hour(now: float | None = None) -> int:
-    """Hours since the epoch (UTC): the store's time bucket."""
-    return int((time.time() if now is None else now) // 3600)
 
 
 def classify(raw_path: str) -> tuple[str, str]:

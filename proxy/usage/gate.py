@@ -18,10 +18,11 @@ from aiohttp.typedefs import Handler
 from proxy.bounded_cache import BoundedCache
 from proxy.exchange import EXCHANGE
 from proxy.settings import Settings
-from proxy.usage.budgets import Limits
+from proxy.usage.budgets import Budgets
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
+from proxy.usage.factory import open_store
+from proxy.usage.rate_limiter import RateLimiter
 from proxy.usage.rules import ANONYMOUS
-from proxy.usage.store import open_store
 
 log = structlog.get_logger("proxy.usage")
 
@@ -34,7 +35,8 @@ class Usage:
     def __init__(self, settings: Settings) -> None:
         self.store = open_store(settings.usage_store, settings.usage_store_password)
         self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
-        self.limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
+        self.rates = RateLimiter(settings.rate_limits)
+        self.budgets = Budgets(settings.budgets, self.store.ledger)
         # Without access keys or local clients no request has a name: skip the lookup.
         self.names_clients = bool(settings.access_keys or settings.local_clients)
         self._runner: asyncio.Task[None] | None = None
@@ -55,11 +57,12 @@ class Usage:
             if attribution is None:
                 attribution = classified.remember(path, classify(path))
             product, kind = attribution
-            limits = usage.limits  # read once: a reload swaps the whole object
+            budgets = usage.budgets  # read once: a reload may swap it while this call is out
+            if usage.rates.active:
+                usage.rates.check(client)
             reserved: tuple[str, ...] = ()
-            if limits.active:
-                limits.check_rate(client)
-                reserved = await limits.reserve(client, product)
+            if budgets.active:
+                reserved = await budgets.reserve(client, product)
             try:
                 response = await forward(request)
             except BaseException:
@@ -68,7 +71,7 @@ class Usage:
                     key = (client, product, kind, classes[status // 100 % 10])
                     totals[key] = totals.get(key, 0) + 1
                 elif reserved:
-                    limits.release(reserved)
+                    budgets.release(reserved)
                 raise
             if exchange.cached:  # answered by the conversion cache: not a call (issue 19)
                 if reserved:
@@ -84,25 +87,26 @@ class Usage:
     async def refuses(self, request: web.Request, client: str | None) -> bool:
         """Whether a budget for this request (of ``client``, named by the guards) is already
         spent: then no ``100 Continue``."""
-        limits = self.limits
-        if not limits.budgets:
+        budgets = self.budgets
+        if not budgets.active:
             return False
         product, _ = classify(request.raw_path)
         try:
-            return await limits.spent(client or ANONYMOUS, product)
+            return await budgets.spent(client or ANONYMOUS, product)
         except Exception:
             return False  # the handler's own check answers (503 when the store is down)
 
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
         self.names_clients = bool(settings.access_keys or settings.local_clients)
-        limits = Limits(settings.budgets, settings.rate_limits, self.store.ledger)
-        seeding = asyncio.ensure_future(limits.seed(self.counter.rows))
+        rates = RateLimiter(settings.rate_limits)
+        budgets = Budgets(settings.budgets, self.store.ledger)
+        seeding = asyncio.ensure_future(budgets.seed(self.counter.rows))
 
         def swap(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is None:
-                self.limits = limits
-                log.info("usage rules reloaded", budgets=len(limits.budgets))
+                self.rates, self.budgets = rates, budgets
+                log.info("usage rules reloaded", budgets=len(budgets.rules))
             else:
                 log.warning("usage rules not reloaded: the store could not be read")
 
@@ -112,7 +116,7 @@ class Usage:
         """``cleanup_ctx``: open the store, seed the budgets, flush every interval and at exit."""
         try:
             await self.store.open()
-            await self.limits.seed(self.counter.rows)
+            await self.budgets.seed(self.counter.rows)
         except Exception as exc:
             log.error(
                 "usage store unavailable at start; counting in memory and retrying",

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row
+from proxy.usage.store import Batch, Bucket, Ledger, Row, current_hour
 
 PREFIX = "aspose-proxy:"
 HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
@@ -101,8 +101,6 @@ class RedisStore:
             await pipe.execute()
 
     async def rows(self, since_hour: int) -> list[Row]:
-        from proxy.usage.counter import current_hour
-
         hours = range(since_hour, current_hour() + 1)
         async with self._client.pipeline(transaction=False) as pipe:
             for hour in hours:

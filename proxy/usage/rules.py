@@ -138,3 +138,10 @@ def kubernetes_sqlite_warning(
         "allow N times each budget and rate; for several replicas set usage_store to a shared "
         "Redis (redis://host:6379/0, password in usage_store_password)"
     )
+
+
+def applies(budget: Budget | RateLimit, client: str, product: str | None = None) -> bool:
+    """Whether a call by ``client`` to ``product`` counts against ``budget``."""
+    if budget.client != ANY and budget.client != client:
+        return False
+    return product is None or not isinstance(budget, Budget) or budget.product in (ANY, product)

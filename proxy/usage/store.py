@@ -1,22 +1,27 @@
-"""The one small Protocol every usage store implements, and ``open_store(url)``.
+"""The interface of the usage stores: the ``UsageStore`` and ``Ledger`` Protocols and the values
+they exchange. Every engine (memory.py, sqlite.py, redis.py) imports this module and nothing
+else of the package; ``factory.open_store(url)`` picks one.
 
 A store keeps call counts per UTC hour per (client, product, kind): enough for day and month
-views and small forever. A store whose counters several processes share (Redis) also offers a
-``ledger`` for atomic budget reservations; without one, budgets are counted in process memory.
+views and small forever. A store whose counters several processes share (SQLite, Redis) also
+offers a ``ledger`` for atomic budget reservations; without one, budgets are counted in process
+memory.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import SecretStr
-
-from proxy.usage.rules import OFF, sqlite_path
-
 # (hour since the epoch, client, product, kind) -> (calls, errors)
 Batch = Mapping[tuple[int, str, str, str], tuple[int, int]]
+
+
+def current_hour(now: float | None = None) -> int:
+    """Hours since the epoch (UTC): the store's time bucket."""
+    return int((time.time() if now is None else now) // 3600)
 
 
 @dataclass(frozen=True, order=True)
@@ -105,47 +110,6 @@ class UsageStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class MemoryStore:
-    """``usage_store = "off"``: counts live in this process only and are gone at exit."""
-
-    description = "off (this process's memory only)"
-
-    def __init__(self) -> None:
-        self._hours: dict[tuple[int, str, str, str], tuple[int, int]] = {}
-
-    @property
-    def ledger(self) -> Ledger | None:
-        return None
-
-    async def open(self) -> None:
-        pass
-
-    async def add(self, batch: Batch) -> None:
-        for key, (calls, errors) in batch.items():
-            before = self._hours.get(key, (0, 0))
-            self._hours[key] = (before[0] + calls, before[1] + errors)
-
-    async def rows(self, since_hour: int) -> list[Row]:
-        rows = [Row(k[1], k[2], k[3], *v) for k, v in self._hours.items() if k[0] >= since_hour]
-        return merge(rows, {})
-
-    async def close(self) -> None:
-        pass
-
-
-def open_store(url: str, password: SecretStr | None = None, *, create: bool = True) -> UsageStore:
-    """The store for a ``usage_store`` URL, not yet opened (``create``: make a missing file)."""
-    if url == OFF:
-        return MemoryStore()
-    if url.startswith("sqlite://"):
-        from proxy.usage.sqlite import SqliteStore
-
-        return SqliteStore(sqlite_path(url), create=create)
-    from proxy.usage.redis import RedisStore
-
-    return RedisStore(url, password)
 
 
 def merge(rows: Sequence[Row], extra: Mapping[tuple[str, str, str], tuple[int, int]]) -> list[Row]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.token_fakes import FakeClock
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture

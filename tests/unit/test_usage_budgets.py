@@ -1,4 +1,4 @@
-"""Budgets and rate limits without sockets: periods, pools, reservations, token buckets."""
+"""Budgets without sockets: periods, pools, reservations; the usage settings."""
 
 from __future__ import annotations
 
@@ -8,23 +8,17 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from proxy.errors import BudgetExhausted, RateLimited
+from proxy.errors import BudgetExhausted
 from proxy.settings import Settings
-from proxy.usage.budgets import Limits, MemoryLedger, period_bounds, used_by
+from proxy.usage.budgets import Budgets, period_bounds, used_by
+from proxy.usage.memory import MemoryLedger
 from proxy.usage.rules import Budget, RateLimit
 from proxy.usage.store import Row
+from tests.fake_clock import FakeClock
 
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_periods_are_utc_days_and_months_including_year_end() -> None:
@@ -50,80 +44,45 @@ def test_wildcards_make_one_pool() -> None:
 
 
 async def test_exhausted_budget_says_seconds_until_the_period_resets() -> None:
-    clock = Clock(ts("2026-11-30T23:00:00"))
-    limits = Limits([Budget(client="ci", period="day", calls=1)], [], None, clock=clock)
-    await limits.reserve("ci", "words")
+    clock = FakeClock(ts("2026-11-30T23:00:00"))
+    pools = Budgets([Budget(client="ci", period="day", calls=1)], None, clock=clock)
+    await pools.reserve("ci", "words")
     with pytest.raises(BudgetExhausted) as refused:
-        await limits.reserve("ci", "pdf")
+        await pools.reserve("ci", "pdf")
     assert refused.value.retry_after == 3600
     assert refused.value.status == 429
     assert refused.value.code == "budget_exhausted"
     clock.now = ts("2026-12-01T00:00:01")  # a new day: a new pool
-    await limits.reserve("ci", "words")
+    await pools.reserve("ci", "words")
 
 
 async def test_a_call_is_reserved_in_every_pool_or_in_none() -> None:
     budgets = [Budget(client="ci", calls=5), Budget(client="*", product="words", calls=1)]
     ledger = MemoryLedger()
-    limits = Limits(budgets, [], ledger)
-    await limits.reserve("ci", "words")
+    pools = Budgets(budgets, ledger)
+    await pools.reserve("ci", "words")
     with pytest.raises(BudgetExhausted):
-        await limits.reserve("ci", "words")
-    await limits.reserve("ci", "cells")  # the words pool is full, ci's own is not
-    ci_key = limits.key(budgets[0], limits._clock())[0]
+        await pools.reserve("ci", "words")
+    await pools.reserve("ci", "cells")  # the words pool is full, ci's own is not
+    ci_key = pools.key(budgets[0], pools._clock())[0]
     assert ledger._values[ci_key] == 2  # the refused call took nothing from ci's pool
 
 
 async def test_no_budget_no_reservation() -> None:
-    limits = Limits([Budget(client="ci", calls=0)], [], None)
-    assert await limits.reserve("web", "words") == ()
-    assert not Limits([], [], None).active
+    pools = Budgets([Budget(client="ci", calls=0)], None)
+    assert await pools.reserve("web", "words") == ()
+    assert not Budgets([], None).active
 
 
 async def test_warning_once_when_a_budget_passes_80_percent() -> None:
-    limits = Limits([Budget(client="*", product="*", period="day", calls=10)], [], None)
+    pools = Budgets([Budget(client="*", product="*", period="day", calls=10)], None)
     with capture_logs() as logs:
         for _ in range(10):
-            await limits.reserve("ci", "words")
+            await pools.reserve("ci", "words")
     warnings = [e for e in logs if e["event"] == "budget passed 80%"]
     assert len(warnings) == 1
     assert warnings[0]["used"] == 8
     assert warnings[0]["log_level"] == "warning"
-
-
-def test_token_bucket_allows_bursts_then_the_rate() -> None:
-    clock = Clock(100.0)
-    limits = Limits([], [RateLimit(client="ci", per_second=2, burst=3)], None, monotonic=clock)
-    for _ in range(3):
-        limits.check_rate("ci")
-    with pytest.raises(RateLimited) as refused:
-        limits.check_rate("ci")
-    assert refused.value.retry_after == pytest.approx(0.5)
-    limits.check_rate("web")  # another client has no rule
-    clock.now += 0.5
-    limits.check_rate("ci")
-
-
-def test_wildcard_rate_limit_is_one_shared_bucket() -> None:
-    clock = Clock(0.0)
-    limits = Limits([], [RateLimit(client="*", per_second=1, burst=2)], None, monotonic=clock)
-    limits.check_rate("a")
-    limits.check_rate("b")
-    with pytest.raises(RateLimited):
-        limits.check_rate("c")
-
-
-def test_a_refused_request_takes_no_token_from_the_other_bucket() -> None:
-    clock = Clock(0.0)
-    rules = [
-        RateLimit(client="ci", per_second=1, burst=5),
-        RateLimit(client="*", per_second=1, burst=1),
-    ]
-    limits = Limits([], rules, None, monotonic=clock)
-    limits.check_rate("ci")
-    with pytest.raises(RateLimited):
-        limits.check_rate("ci")
-    assert limits._rule_buckets[rules[0]].tokens == 4
 
 
 def test_budget_settings_are_validated() -> None:

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from proxy.usage.counter import UsageCounter, classify, current_hour
+from proxy.usage.counter import UsageCounter, classify
+from proxy.usage.memory import MemoryStore
 from proxy.usage.report import render_table, usage_report
 from proxy.usage.rules import Budget
-from proxy.usage.store import Batch, MemoryStore, Row
+from proxy.usage.store import Batch, Row, current_hour
 
 
 @pytest.mark.parametrize(

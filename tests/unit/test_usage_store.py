@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import BudgetExhausted
-from proxy.usage.budgets import Limits
-from proxy.usage.counter import UsageCounter, current_hour
+from proxy.usage.budgets import Budgets
+from proxy.usage.counter import UsageCounter
+from proxy.usage.factory import open_store
 from proxy.usage.rules import Budget
-from proxy.usage.store import Row, UsageStore, open_store
+from proxy.usage.store import Row, UsageStore, current_hour
 
 StoreFactory = Callable[[], UsageStore]
 
@@ -97,11 +98,11 @@ async def test_budget_is_seeded_from_the_store_after_a_restart(new_store: StoreF
     await store.open()
     await store.add({(current_hour(), "ci", "words", "api"): (2, 0)})
     budget = Budget(client="ci", product="words", period="day", calls=3)
-    limits = Limits([budget], [], store.ledger)
-    await limits.seed(store.rows)
-    assert await limits.reserve("ci", "words")
+    budgets = Budgets([budget], store.ledger)
+    await budgets.seed(store.rows)
+    assert await budgets.reserve("ci", "words")
     with pytest.raises(BudgetExhausted):
-        await limits.reserve("ci", "words")
+        await budgets.reserve("ci", "words")
 
 
 async def test_budget_reservations_never_overspend_under_concurrency(
@@ -110,11 +111,11 @@ async def test_budget_reservations_never_overspend_under_concurrency(
     store = new_store()
     await store.open()
     budget = Budget(client="*", product="*", period="month", calls=7)
-    limits = Limits([budget], [], store.ledger)
+    budgets = Budgets([budget], store.ledger)
 
     async def try_once() -> bool:
         try:
-            await limits.reserve("ci", "words")
+            await budgets.reserve("ci", "words")
         except BudgetExhausted:
             return False
         return True
@@ -126,20 +127,20 @@ async def test_budget_reservations_never_overspend_under_concurrency(
 async def test_a_given_back_reservation_can_be_spent_again(new_store: StoreFactory) -> None:
     store = new_store()
     await store.open()
-    limits = Limits([Budget(client="ci", calls=1)], [], store.ledger)
-    keys = await limits.reserve("ci", "words")
-    limits.release(keys)
+    budgets = Budgets([Budget(client="ci", calls=1)], store.ledger)
+    keys = await budgets.reserve("ci", "words")
+    budgets.release(keys)
     await asyncio.sleep(0.05)  # the give-back runs in the background
-    assert await limits.reserve("ci", "words") == keys
+    assert await budgets.reserve("ci", "words") == keys
 
 
 async def test_a_spent_budget_is_seen_without_spending_anything(new_store: StoreFactory) -> None:
     store = new_store()
     await store.open()
-    limits = Limits([Budget(client="ci", product="words", calls=2)], [], store.ledger)
-    assert not await limits.spent("ci", "words")
-    await limits.reserve("ci", "words")
-    assert not await limits.spent("ci", "words")
-    await limits.reserve("ci", "words")
-    assert await limits.spent("ci", "words")
-    assert not await limits.spent("ci", "cells")  # no budget for it
+    budgets = Budgets([Budget(client="ci", product="words", calls=2)], store.ledger)
+    assert not await budgets.spent("ci", "words")
+    await budgets.reserve("ci", "words")
+    assert not await budgets.spent("ci", "words")
+    await budgets.reserve("ci", "words")
+    assert await budgets.spent("ci", "words")
+    assert not await budgets.spent("ci", "cells")  # no budget for it

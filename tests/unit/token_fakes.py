@@ -18,19 +18,10 @@ from proxy.settings import Settings
 from proxy.token_client import TokenAnswer, TokenFetchError
 from proxy.token_schedule import MemoryStore, Schedule
 from proxy.tokens import TokenCache
+from tests.fake_clock import FakeClock
 
 SECRET = "s3cr3t-Value-never-shown"
 CLIENT_ID = "my-client-id"
-
-
-class FakeClock:
-    """A mutable float the cache reads as its monotonic clock."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeFetch:

@@ -1,0 +1,79 @@
+"""The in-process engine: ``usage_store = "off"`` keeps counts here, and a store without a
+shared ledger counts its budgets and rate limits here (per process, seeded at start)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from proxy.usage.store import Batch, Bucket, Ledger, Row, merge
+
+
+class MemoryStore:
+    """``usage_store = "off"``: counts live in this process only and are gone at exit."""
+
+    description = "off (this process's memory only)"
+
+    def __init__(self) -> None:
+        self._hours: dict[tuple[int, str, str, str], tuple[int, int]] = {}
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return None
+
+    async def open(self) -> None:
+        pass
+
+    async def add(self, batch: Batch) -> None:
+        for key, (calls, errors) in batch.items():
+            before = self._hours.get(key, (0, 0))
+            self._hours[key] = (before[0] + calls, before[1] + errors)
+
+    async def rows(self, since_hour: int) -> list[Row]:
+        rows = [Row(k[1], k[2], k[3], *v) for k, v in self._hours.items() if k[0] >= since_hour]
+        return merge(rows, {})
+
+    async def close(self) -> None:
+        pass
+
+
+class MemoryLedger:
+    """Budget counters of this process (stores without a shared ledger)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._values: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, stamp)
+        self._monotonic = monotonic
+
+    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+        values = self._values
+        for index, (key, limit) in enumerate(zip(keys, limits, strict=True)):
+            if values.get(key, 0) + 1 > limit:
+                return [-1 - index]
+        reserved = []
+        for key in keys:
+            values[key] = value = values.get(key, 0) + 1
+            reserved.append(value)
+        return reserved
+
+    async def release(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._values[key] = max(0, self._values.get(key, 0) - 1)
+
+    async def seed(self, key: str, value: int, ttl: int) -> None:
+        self._values.setdefault(key, value)
+
+    async def peek(self, keys: Sequence[str]) -> list[int]:
+        return [self._values.get(key, 0) for key in keys]
+
+    async def take(self, buckets: Sequence[Bucket]) -> float:
+        now = self._monotonic()
+        levels = []
+        for bucket in buckets:
+            level = bucket.level(self._buckets.get(bucket.key), now)
+            if level < 1:
+                return bucket.wait(level)
+            levels.append(level)
+        for bucket, level in zip(buckets, levels, strict=True):
+            self._buckets[bucket.key] = (level - 1, now)
+        return 0.0
