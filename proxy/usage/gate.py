@@ -75,7 +75,7 @@ class Usage:
                 raise
             if exchange.cached:  # answered by the conversion cache: not a call (issue 19)
                 if reserved:
-                    limits.release(reserved)
+                    budgets.release(reserved)
                 usage.counter.count_cached(client, product, kind)
                 return response
             key = (client, product, kind, classes[response.status // 100 % 10])
