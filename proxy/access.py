@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 KEY_HEADER = "X-Proxy-Key"
 _CACHE_LIMIT = 1024  # distinct client addresses or Host values remembered per rules object
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+_CROSS_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of other pages
 
 
 class RouteKind(enum.Enum):
@@ -85,11 +87,18 @@ def _host_name(host: str) -> str:
     return name.rstrip(".")
 
 
-def _is_loopback_name(name: str) -> bool:
-    if name == "localhost":
+def _is_local_name(name: str, own_names: frozenset[str]) -> bool:
+    """``localhost``, this machine's own name, or an IP literal (v4 or bracketed v6): a name a
+    DNS-rebinding page cannot serve its own content under."""
+    if name == "localhost" or name in own_names:
         return True
-    ip = _address(name) if name[:1].isdigit() or ":" in name else None
-    return ip is not None and ip.is_loopback
+    return (name[:1].isdigit() or ":" in name) and _address(name) is not None
+
+
+def own_host_names(hostname: str) -> frozenset[str]:
+    """This machine's name (``socket.gethostname()``) and its first label, lower case."""
+    name = hostname.strip().lower().rstrip(".")
+    return frozenset(n for n in (name, name.partition(".")[0]) if n)
 
 
 def _path_prefix(prefix: str) -> str:
@@ -108,8 +117,8 @@ class AccessRules:
 
     allow_from: tuple[Network, ...] = ()
     metrics_allow_from: tuple[Network, ...] = ()
-    check_host: bool = False
     allow_hosts: frozenset[str] = frozenset()
+    own_names: frozenset[str] = frozenset()  # this machine's host name
     allow_origins: frozenset[str] = frozenset()
     access_keys: tuple[tuple[str, bytes], ...] = ()  # (name, SHA-256 of the key)
     local_clients: frozenset[str] = frozenset()
@@ -130,15 +139,16 @@ class AccessRules:
     path_answers: BoundedCache[str, bool] = field(default_factory=_answers, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AccessRules:
+    def from_settings(cls, settings: Settings, hostname: str | None = None) -> AccessRules:
+        """``hostname``: this machine's name (default ``socket.gethostname()``)."""
         keys = tuple(
             (name, _digest(key.get_secret_value())) for name, key in settings.access_keys.items()
         )
         return cls(
             allow_from=parse_networks(settings.allow_from),
             metrics_allow_from=parse_networks(settings.metrics_allow_from),
-            check_host=is_loopback_host(settings.host) or bool(settings.allow_hosts),
             allow_hosts=frozenset(_host_name(h) for h in settings.allow_hosts),
+            own_names=own_host_names(socket.gethostname() if hostname is None else hostname),
             allow_origins=frozenset(o.strip().lower().rstrip("/") for o in settings.allow_origins),
             access_keys=keys,
             local_clients=frozenset(settings.local_clients),
@@ -170,7 +180,8 @@ class AccessRules:
             )
 
     def check_host_header(self, host: str | None) -> None:
-        """DNS rebinding: on a loopback listener only loopback names or ``allow_hosts``.
+        """DNS rebinding (issue 16: whatever the listener): a Host that is ``localhost``, an IP
+        literal, this machine's name or in ``allow_hosts``, else 421.
 
         A request without Host (HTTP/1.0) cannot come from a browser and passes.
         """
@@ -180,17 +191,27 @@ class AccessRules:
         if allowed is None:
             name = _host_name(host)
             allowed = self.host_answers.remember(
-                host, _is_loopback_name(name) or name in self.allow_hosts
+                host, _is_local_name(name, self.own_names) or name in self.allow_hosts
             )
         if not allowed:
             raise HostNotAllowed(
-                "The Host header names neither a loopback address nor a name in allow_hosts."
+                "The Host header names neither localhost, an IP address, this machine's name "
+                "nor a name in allow_hosts: add the name clients use to allow_hosts "
+                "(ASPOSE_PROXY_ALLOW_HOSTS)."
             )
 
-    def check_origin(self, origin: str) -> None:
-        """A browser page's request (it carries ``Origin``) only from ``allow_origins``."""
-        if origin.lower() not in self.allow_origins:
-            raise OriginNotAllowed("Requests from web pages of this origin are not allowed.")
+    def check_browser(self, origin: str | None, fetch_site: str | None) -> None:
+        """A web page's request only from ``allow_origins``: one carrying ``Origin``, or one
+        a browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site`` (an ``<img>`` or a
+        ``no-cors`` fetch sends no Origin). ``same-origin``, ``none`` or no header (curl, the
+        SDKs) pass."""
+        if origin is not None:
+            if origin.lower() not in self.allow_origins:
+                raise OriginNotAllowed("Requests from web pages of this origin are not allowed.")
+        elif fetch_site is not None and fetch_site.lower() in _CROSS_SITE:
+            raise OriginNotAllowed(
+                "Requests from other sites' web pages (Sec-Fetch-Site) are not allowed."
+            )
 
     def client(
         self,
@@ -208,7 +229,8 @@ class AccessRules:
         """
         name = None
         if key is not None and self.access_keys:
-            name = self.key_names.get(hashlib.sha256(key.encode()).digest())
+            # surrogatepass: a non-UTF-8 header byte is a wrong key, not an error (issue 16)
+            name = self.key_names.get(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest())
         if name is None and self.local_clients:
             local = local_client_of(authorization)
             if local in self.local_clients:  # not "" (anonymous) nor a removed client
@@ -248,6 +270,30 @@ class AccessControl:
     rules: AccessRules
     local_client_of: Callable[[str | None], str | None]
     route_kinds: dict[object, RouteKind] = field(default_factory=dict)
+    # Told of each wrong credential: (client address, which credential).
+    failed: Callable[[str | None, str], None] = field(default=lambda _address, _credential: None)
+
+    def identify(
+        self, rules: AccessRules, key: str | None, authorization: str | None, remote: str | None
+    ) -> str | None:
+        """``rules.client``, telling ``failed`` of a credential that names nobody (an
+        ``X-Proxy-Key``, or a bearer token where local clients are configured)."""
+        try:
+            name = rules.client(key, authorization, self.local_client_of)
+        except ClientAuthRequired:
+            self._tell_failure(rules, key, authorization, remote)
+            raise
+        if name is None:
+            self._tell_failure(rules, key, authorization, remote)
+        return name
+
+    def _tell_failure(
+        self, rules: AccessRules, key: str | None, authorization: str | None, remote: str | None
+    ) -> None:
+        if key is not None and rules.access_keys:
+            self.failed(remote, "access_key")
+        elif authorization is not None and rules.local_clients:
+            self.failed(remote, "bearer_token")
 
     def reload(self, settings: Settings) -> None:
         """A reload hook: the new settings' rules replace the old ones in one assignment."""
@@ -262,7 +308,7 @@ NO_LOCAL_CLIENTS: Callable[[str | None], str | None] = _no_local_client
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def startup_warnings(settings: Settings) -> list[str]:

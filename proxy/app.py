@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 
 from proxy import health, local_tokens, reload, status_page
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.auth_failures import AuthFailures
 from proxy.cache.engines import open_cache_store
 from proxy.cache.step import CACHE, ConversionCache
 from proxy.connections import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLimits
@@ -150,13 +151,16 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     """The proxy app; ``local_token_key`` is shared by the workers of ``run --workers N``."""
     # Several workers answer /metrics on one port: each labels its series with its pid.
     metrics = Metrics({"pid": str(os.getpid())} if settings.workers != 1 else None)
+    failures = AuthFailures(metrics.count_auth_failure)
     issuer = (
-        LocalTokens(settings.local_clients, local_token_key)
+        LocalTokens(settings.local_clients, local_token_key, failures.record)
         if settings.local_token_endpoint
         else None
     )
     access = AccessControl(
-        AccessRules.from_settings(settings), issuer.client_of if issuer else NO_LOCAL_CLIENTS
+        AccessRules.from_settings(settings),
+        issuer.client_of if issuer else NO_LOCAL_CLIENTS,
+        failed=failures.record,
     )
     guard = access_guard(access)
     observer = Observer(metrics, guard, access.route_kinds)

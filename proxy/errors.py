@@ -100,8 +100,8 @@ class HostNotAllowed(ProxyError):
     status = 421
     code = "host_not_allowed"
     description = (
-        "The proxy listens on a loopback address and only answers Host names that are loopback "
-        "names or listed in allow_hosts."
+        "The proxy only answers the Host names localhost, IP addresses, its machine's name and "
+        "those listed in allow_hosts (ASPOSE_PROXY_ALLOW_HOSTS)."
     )
 
 

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -33,26 +34,38 @@ def _b64(data: bytes) -> str:
 class LocalTokens:
     """Issues and reads placeholder tokens; checks ``local_clients`` when configured."""
 
-    def __init__(self, local_clients: dict[str, SecretStr], key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        local_clients: dict[str, SecretStr],
+        key: bytes | None = None,
+        failed: Callable[[str | None, str], None] | None = None,
+    ) -> None:
         self._clients = {k: v.get_secret_value() for k, v in local_clients.items()}
         # The workers of `run --workers N` share one key: any of them accepts the placeholder.
         self._key = key or secrets.token_bytes(32)
+        self._failed = failed  # told of each refused client secret: (address, "client_secret")
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+    def _sign(self, payload: str) -> bytes:
+        digest = hmac.new(self._key, payload.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=")
 
     def issue(self, client_id: str) -> str:
         payload = f"{_b64(client_id.encode())}.{int(time.time()) + LIFETIME}"
-        return f"{PLACEHOLDER_PREFIX}{payload}.{self._sign(payload)}"
+        return f"{PLACEHOLDER_PREFIX}{payload}.{self._sign(payload).decode()}"
 
     def client_of(self, authorization: str | None) -> str | None:
         """The client id a valid, unexpired placeholder was issued to, else None."""
-        if not authorization or not authorization.startswith("Bearer " + PLACEHOLDER_PREFIX):
+        # RFC 9110 §11.1: the scheme is case-insensitive ("bearer x" is "Bearer x").
+        if not authorization or authorization[:7].lower() != "bearer ":
             return None
-        token = authorization[len("Bearer " + PLACEHOLDER_PREFIX) :]
-        payload, _, signature = token.rpartition(".")
+        token = authorization[7:].strip()
+        if not token.startswith(PLACEHOLDER_PREFIX):
+            return None
+        payload, _, signature = token[len(PLACEHOLDER_PREFIX) :].rpartition(".")
         encoded_id, _, expires = payload.partition(".")
-        if not hmac.compare_digest(signature, self._sign(payload)) or not expires.isdigit():
+        # Compared as bytes: a non-ASCII token is a wrong one, not an error (issue 16).
+        given = signature.encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, self._sign(payload)) or not expires.isdigit():
             return None
         if int(expires) < time.time():
             return None
@@ -80,6 +93,8 @@ class LocalTokens:
             return _oauth_error("unsupported_grant_type")
         client_id = self._client_for(form)
         if client_id is None:
+            if self._failed is not None:
+                self._failed(request.remote, "client_secret")
             return _oauth_error("invalid_client")
         if client_id:
             request[EXCHANGE].client = client_id

@@ -63,6 +63,13 @@ class Metrics:
             registry=self.registry,
         )
         self._error_counters: dict[str, Counter] = {}
+        self.client_auth_failures = Counter(
+            "aspose_proxy_client_auth_failures",
+            "Wrong client credentials, by credential: access_key (X-Proxy-Key), bearer_token "
+            "(a local client's token) or client_secret (at the local token endpoint).",
+            ["credential"],
+            registry=self.registry,
+        )
         self.token_seconds_to_expiry = Gauge(
             "aspose_proxy_token_seconds_to_expiry",
             "Seconds until the current access token expires (0 when none is held).",
@@ -98,6 +105,10 @@ class Metrics:
         if child is None:
             child = self._error_counters[code] = self.errors.labels(str(status), code)
         child.inc()
+
+    def count_auth_failure(self, credential: str) -> None:
+        """One failed client authentication (only on the refusal path)."""
+        self.client_auth_failures.labels(credential).inc()
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

@@ -8,7 +8,6 @@ decoded value; RFC 6749 §2.3.1 also allows the credentials in HTTP Basic auth.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ def _basic_credentials(authorization: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), non-ASCII (issue 16: 'Basic é'), not UTF-8
         return None
     client_id, sep, secret = decoded.partition(":")
     return (unquote_plus(client_id), unquote_plus(secret)) if sep else None
@@ -75,4 +74,4 @@ async def read_token_request(request: web.Request) -> TokenRequest | None:
 def matches(candidates: Iterable[str], expected: str) -> bool:
     """Constant-time: does any candidate equal ``expected``?"""
     wanted = expected.encode()
-    return any(hmac.compare_digest(c.encode(), wanted) for c in candidates)
+    return any(hmac.compare_digest(c.encode("utf-8", "surrogatepass"), wanted) for c in candidates)

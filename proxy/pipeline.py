@@ -48,7 +48,7 @@ def access_guard(access: AccessControl) -> Guard:
 
     The rules are read from ``access`` once per request, so a reload swaps them whole.
     """
-    client_of = access.local_client_of
+    identify = access.identify
     forward, probe, metrics = RouteKind.FORWARD, RouteKind.PROBE, RouteKind.METRICS
 
     def guard(request: web.Request, kind: RouteKind) -> str | None:
@@ -59,18 +59,19 @@ def access_guard(access: AccessControl) -> Guard:
         if not rules.everyone and rules.address_answers.get(request.remote) is not True:
             rules.check_address(request.remote, metrics=kind is metrics)
         headers = request.headers
-        if rules.check_host:
-            host = headers.get("Host")
-            if rules.host_answers.get(host) is not True:
-                rules.check_host_header(host)
+        host = headers.get("Host")
+        if rules.host_answers.get(host) is not True:
+            rules.check_host_header(host)
         origin = headers.get("Origin")
-        if origin is not None:
-            rules.check_origin(origin)
+        if origin is not None or "Sec-Fetch-Site" in headers:
+            rules.check_browser(origin, headers.get("Sec-Fetch-Site"))
         if kind is not forward:
             return None
         client = None
         if rules.identifies_clients:
-            client = rules.client(headers.get(KEY_HEADER), headers.get("Authorization"), client_of)
+            client = identify(
+                rules, headers.get(KEY_HEADER), headers.get("Authorization"), request.remote
+            )
         if rules.limits_operations:
             rules.check_operation(request.method, request.raw_path)
         return client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -64,9 +65,7 @@ async def test_allow_origins_admits_the_listed_origin_only(
     assert (await sandbox.stats())["api_requests"] == 1
 
 
-@pytest.mark.parametrize(
-    "host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io:8080", "192.168.1.5:8080"]
-)
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io:8080"])
 async def test_dns_rebound_host_is_refused_on_a_loopback_listener(
     proxy: RunningProxy, sandbox: RunningSandbox, host: str
 ) -> None:
@@ -90,10 +89,26 @@ async def test_dns_rebound_host_cannot_get_a_local_token(proxy: RunningProxy) ->
 
 
 @pytest.mark.parametrize(
-    "host", ["localhost", "localhost:8080", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080"]
+    "host",
+    [
+        "localhost",
+        "localhost:8080",
+        "127.0.0.1:8080",
+        "127.0.0.2",
+        "[::1]:8080",
+        "192.168.1.5:8080",  # an IP literal: no DNS name to rebind
+        "[fd00::5]:8080",
+        socket.gethostname(),
+        socket.gethostname().upper() + ":8080",
+    ],
 )
-async def test_loopback_host_names_any_port_are_answered(proxy: RunningProxy, host: str) -> None:
+async def test_local_host_names_any_port_are_answered(proxy: RunningProxy, host: str) -> None:
     assert (await send(proxy, f"Host: {host}\r\n")).status == 200
+
+
+async def test_a_request_without_host_is_answered(proxy: RunningProxy) -> None:
+    request = f"GET {API} HTTP/1.0\r\n\r\n"  # HTTP/1.0 without Host: no browser sends that
+    assert (await exchange(proxy.url, request.encode())).status == 200
 
 
 async def test_allow_hosts_adds_a_name(proxy_factory: ProxyFactory) -> None:
@@ -102,9 +117,48 @@ async def test_allow_hosts_adds_a_name(proxy_factory: ProxyFactory) -> None:
     assert (await send(proxy, "Host: evil.example\r\n")).status == 421
 
 
-async def test_any_host_is_answered_when_listening_on_other_addresses(
+async def test_host_check_is_on_when_listening_on_all_addresses(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    # Issue 16: the image listens on 0.0.0.0 (the test binds 127.0.0.1 as always); with
+    # `docker run -p 127.0.0.1:8080:8080` a rebound page must still be refused.
+    proxy = await proxy_factory(host="0.0.0.0", allow_from=["127.0.0.0/8"])
+    refused = await send(proxy, "Host: evil.example:8080\r\n")
+    assert refused.status == 421
+    message = json.loads(refused.body)["Error"]["Message"]
+    assert "allow_hosts" in message and "ASPOSE_PROXY_ALLOW_HOSTS" in message
+    assert (await send(proxy, "Host: localhost:8080\r\n")).status == 200
+    named = await proxy_factory(host="0.0.0.0", allow_from=["127.0.0.0/8"], allow_hosts=["proxy"])
+    assert (await send(named, "Host: proxy:8080\r\n")).status == 200
+    assert (await sandbox.stats())["api_requests"] == 2
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site", "Cross-Site"])
+@pytest.mark.parametrize(
+    "path", [API, "/_proxy/usage", "/connect/token", "/v4.0/words/connect/token"]
+)
+async def test_cross_site_fetch_without_origin_is_refused(
+    proxy: RunningProxy, sandbox: RunningSandbox, site: str, path: str
+) -> None:
+    # An <img> or a fetch(..., {mode: "no-cors"}) from another site sends no Origin.
+    method = "POST" if "token" in path else "GET"
+    response = await send(proxy, f"Host: localhost\r\nSec-Fetch-Site: {site}\r\n", method, path)
+    assert response.status == 403
+    assert response.header("X-Proxy-Error") == "origin_not_allowed"
+    assert b"access_token" not in response.body
+    assert (await sandbox.stats())["api_requests"] == 0
+
+
+@pytest.mark.parametrize("site", ["same-origin", "none"])
+async def test_same_origin_and_user_initiated_fetches_are_unaffected(
+    proxy: RunningProxy, site: str
+) -> None:
+    assert (await send(proxy, f"Host: localhost\r\nSec-Fetch-Site: {site}\r\n")).status == 200
+
+
+async def test_cross_site_fetch_from_an_allowed_origin_is_answered(
     proxy_factory: ProxyFactory,
 ) -> None:
-    # The settings say 0.0.0.0 (a container); the test binds 127.0.0.1 as always.
-    proxy = await proxy_factory(host="0.0.0.0", allow_from=["127.0.0.0/8"])
-    assert (await send(proxy, "Host: aspose-proxy:8080\r\n")).status == 200
+    proxy = await proxy_factory(allow_origins=["https://app.example.com"])
+    headers = "Host: localhost\r\nSec-Fetch-Site: cross-site\r\nOrigin: https://app.example.com\r\n"
+    assert (await send(proxy, headers)).status == 200

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
+from tests.integration.rawhttp import exchange
 
 KEY = "ci-job-access-key-7f3a9c"
 ALICE_SECRET = "alice-local-secret-1"
@@ -136,3 +137,67 @@ async def test_token_endpoint_and_probes_need_no_client_auth(proxy_factory: Prox
         async with proxy.client.get(proxy.url + path) as response:
             assert response.status in (200, 503), path
             assert "X-Proxy-Error" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        (API, b"Authorization: Bearer aspose-proxy.c2RrMQ.1.\xc3\xa9"),
+        (API, b"X-Proxy-Key: abc\xffdef"),
+        (API, b"X-Proxy-Key: \xc3\xa9" * 3),
+        ("/connect/token", b"Authorization: Basic \xc3\xa9"),
+        ("/connect/token", b"Authorization: Basic \xff"),
+    ],
+)
+async def test_non_ascii_credentials_are_refused_never_a_500(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, logs: LogCapture, path: str, header: bytes
+) -> None:
+    proxy = await proxy_factory(**keyed(local_clients={"alice": SecretStr(ALICE_SECRET)}))
+    body = b"grant_type=client_credentials"
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+        + header
+        + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    response = await exchange(proxy.url, request)
+    assert response.status in (400, 401)
+    assert not logs.events("unhandled error")
+    assert "Traceback" not in logs.text
+    assert (await sandbox.stats())["api_requests"] == 0
+
+
+async def test_the_bearer_scheme_is_case_insensitive(proxy_factory: ProxyFactory) -> None:
+    proxy = await proxy_factory(
+        local_clients={"alice": SecretStr(ALICE_SECRET)}, require_client_auth=True
+    )
+    token = await local_token(proxy, "alice", ALICE_SECRET)
+    for scheme in ("bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {token}"}
+        async with proxy.client.get(proxy.url + API, headers=headers) as response:
+            assert response.status == 200, scheme
+
+
+async def test_failed_authentications_are_counted_and_warned_once_a_minute(
+    proxy_factory: ProxyFactory, logs: LogCapture
+) -> None:
+    proxy = await proxy_factory(**keyed(local_clients={"alice": SecretStr(ALICE_SECRET)}))
+    for guess in range(5):
+        headers = {"X-Proxy-Key": f"guess-{guess}"}
+        async with proxy.client.get(proxy.url + API, headers=headers) as response:
+            assert response.status == 401
+    form = {"grant_type": "client_credentials", "client_id": "alice", "client_secret": "guess"}
+    async with proxy.client.post(f"{proxy.url}/connect/token", data=form) as response:
+        assert response.status == 400
+    async with proxy.client.get(proxy.url + API, headers={"X-Proxy-Key": KEY}) as response:
+        assert response.status == 200  # the right key still works: nobody is locked out
+    async with proxy.client.get(proxy.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'aspose_proxy_client_auth_failures_total{credential="access_key"} 5.0' in metrics
+    assert 'aspose_proxy_client_auth_failures_total{credential="client_secret"} 1.0' in metrics
+    warnings = [json.loads(line) for line in logs.events("failed client authentications")]
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert (warnings[0]["address"], warnings[0]["failures"]) == ("127.0.0.1", 1)
+    assert "guess" not in logs.text

@@ -20,7 +20,9 @@ import pytest
 import redis as redis_lib
 import yaml
 
+from proxy.access import AccessRules
 from proxy.cli import COMMANDS, build_parser
+from proxy.errors import HostNotAllowed
 from proxy.metrics import Metrics
 from proxy.settings import CONFIG_ENV_VAR, ENV_PREFIX, Settings, load_settings
 
@@ -180,6 +182,26 @@ def test_shared_service_requires_access_keys_from_a_secret_and_limits_addresses(
     assert yaml.safe_load(secret_data(ref["name"], ref["key"]))  # a JSON map name -> key
     assert env["ASPOSE_PROXY_ALLOW_FROM"]["value"] != '["0.0.0.0/0"]', where
     assert "--workers" in container["args"]
+
+
+def test_shared_service_answers_the_name_of_its_service_and_refuses_others() -> None:
+    # Issue 16: the Host check is on for every listener; callers use the Service's name.
+    [(where, _, container)] = [c for c in proxy_containers() if "shared-service" in c[0]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    services = [d["metadata"]["name"] for _, d in documents() if d["kind"] == "Service"]
+    with environment({"ASPOSE_PROXY_ALLOW_HOSTS": env["ASPOSE_PROXY_ALLOW_HOSTS"]}):
+        rules = AccessRules.from_settings(load_settings().settings)
+    rules.check_host_header("aspose-proxy:8080")
+    assert "aspose-proxy" in services, where
+    with pytest.raises(HostNotAllowed):
+        rules.check_host_header("evil.example:8080")
+
+
+def test_sidecar_callers_use_localhost_which_is_always_answered() -> None:
+    [(where, _, container)] = [c for c in proxy_containers() if "sidecar" in c[0]]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "ASPOSE_PROXY_ALLOW_HOSTS" not in env, where
+    AccessRules.from_settings(Settings()).check_host_header("localhost:8080")
 
 
 def test_every_shared_service_replica_uses_the_redis_of_the_manifest() -> None:

@@ -219,8 +219,8 @@ def test_compose_publishes_the_proxy_on_loopback_only() -> None:
 
 
 def test_compose_proxies_refuse_rebound_host_names() -> None:
-    """issue 7: on 0.0.0.0 the Host check is off unless allow_hosts is set; a DNS-rebound page
-    reaching the published loopback port must still be refused."""
+    """issues 7 and 16: a DNS-rebound page reaching the published loopback port is refused;
+    the names the project's other services use are answered."""
     from proxy.settings import load_settings
 
     services = _compose()["services"]
