@@ -1,3 +1,3 @@
 """aspose-cloud-proxy: a local reverse proxy that authenticates calls to Aspose Cloud."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

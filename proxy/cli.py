@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 
 from proxy import __version__
 from proxy.cache import cli as cache_cli
+from proxy.listening import CannotListen
 from proxy.log_setup import MIN_SECRET_LENGTH, configure_logging, short_secrets
 from proxy.settings import (
     LOG_LEVELS,
@@ -29,6 +32,7 @@ from proxy.settings import (
     Settings,
     SettingsError,
     load_settings,
+    typo_hints,
     unknown_env_vars,
 )
 from proxy.token_client import TokenFetchError, request_token
@@ -45,22 +49,105 @@ NOT_FLAGS = frozenset(
         "cache_store_password",
     }
 )
-COMMANDS = ("run", "demo", "sandbox", "check", "config", "usage", "cache")
+# The settings each command reads (None: every one); its --help lists only these flags.
+COMMAND_SETTINGS: dict[str, frozenset[str] | None] = {
+    "run": None,
+    "config": None,
+    "check": frozenset(
+        {
+            "client_id",
+            "client_secret_file",
+            "upstream_url",
+            "token_url",
+            "ca_file",
+            "connect_timeout",
+            "usage_store",
+            "log_format",
+            "log_level",
+        }
+    ),
+    "usage": frozenset({"usage_store", "budgets"}),
+    "cache": frozenset(
+        {"cache_store", "cache_ttl", "cache_max_size", "cache_max_entry_size", "cache_scope"}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand as ``--help`` shows it: a line, an example, the exit codes."""
+
+    summary: str
+    example: str
+    exits: str
+
+
+COMMANDS = {
+    "run": Command(
+        "Run the proxy (the default command).",
+        "ASPOSE_PROXY_CLIENT_ID=... ASPOSE_PROXY_CLIENT_SECRET_FILE=secret.txt aspose-proxy run",
+        "0 stopped by SIGTERM/SIGINT; 1 cannot listen or a worker failed at start; "
+        "2 invalid settings",
+    ),
+    "demo": Command(
+        "Run the offline sandbox and the proxy in front of it, and show what to try "
+        "(ignores your ASPOSE_PROXY_* variables and config file).",
+        "aspose-proxy demo",
+        "0 stopped by Ctrl+C; 1 cannot listen; 2 invalid flags",
+    ),
+    "sandbox": Command(
+        "Run the offline imitation of Aspose Cloud (reads no ASPOSE_PROXY_* variable).",
+        "aspose-proxy sandbox --port 8090",
+        "0 stopped by Ctrl+C; 1 cannot listen; 2 invalid flags",
+    ),
+    "check": Command(
+        "Fetch one token with the configured credentials and say when it expires; never "
+        "sends a request the token schedule of the running proxy would not allow.",
+        "ASPOSE_PROXY_CLIENT_SECRET_FILE=secret.txt aspose-proxy check --client-id ...",
+        "0 a token was issued; 1 the token request failed or is not allowed yet; "
+        "2 invalid or missing settings",
+    ),
+    "config": Command(
+        "Print the effective settings and where each came from (secrets masked).",
+        "aspose-proxy config --config proxy.toml",
+        "0 the settings are complete and valid; 2 invalid settings or a required one missing",
+    ),
+    "usage": Command(
+        "Calls per client and product, and budgets, read from usage_store "
+        "(the proxy need not run).",
+        "aspose-proxy usage --period month",
+        "0 printed; 1 the store is off or cannot be read; 2 invalid settings",
+    ),
+    "cache": Command(
+        "Stats or clear the conversion cache in cache_store (the proxy need not run).",
+        "aspose-proxy cache stats --json",
+        "0 done; 1 the cache is off or cannot be used; 2 invalid settings",
+    ),
+}
 
 log = structlog.get_logger("proxy.cli")
 
 
-def _setting_flags(parser: argparse.ArgumentParser) -> None:
+def _shown_default(value: object) -> str:
+    """`` (default X)``, or nothing for an empty default: no "default None" in --help."""
+    if value in (None, "", [], {}):
+        return ""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"; default {value}"
+
+
+def _setting_flags(parser: argparse.ArgumentParser, names: frozenset[str] | None) -> None:
     group = parser.add_argument_group("settings (override env vars and the TOML file)")
     group.add_argument(
         "--config", metavar="PATH", help="TOML settings file (or ASPOSE_PROXY_CONFIG)"
     )
     for name, field in Settings.model_fields.items():
-        if name in NOT_FLAGS:
+        if name in NOT_FLAGS or (names is not None and name not in names):
             continue
         flag = "--" + name.replace("_", "-")
-        default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} (env ASPOSE_PROXY_{name.upper()}; default {default!r})"
+        default = _shown_default(field.get_default(call_default_factory=True))
+        help_text = f"{field.description} (env ASPOSE_PROXY_{name.upper()}{default})"
         if field.annotation is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
@@ -75,6 +162,19 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
 
 
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str
+) -> argparse.ArgumentParser:
+    info = COMMANDS[name]
+    return commands.add_parser(
+        name,
+        help=info.summary.rstrip("."),
+        description=info.summary,
+        epilog=f"example:\n  {info.example}\n\nexit codes: {info.exits}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aspose-proxy",
@@ -85,34 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Try it without an Aspose account: aspose-proxy demo",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the proxy (the default command)")
-    _setting_flags(run)
+    run = _command(commands, "run")
+    _setting_flags(run, COMMAND_SETTINGS["run"])
     # Set by the supervisor of `run --workers N` on the workers it starts; not for users.
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     run.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
 
-    demo = commands.add_parser(
-        "demo",
-        help="run the offline sandbox and the proxy in front of it, and show how to use them",
-    )
+    demo = _command(commands, "demo")
     demo.add_argument("--host", default="127.0.0.1", help="proxy address (default 127.0.0.1)")
     demo.add_argument(
-        "--port", type=int, default=8080, help="proxy port, 0 picks one (default 8080)"
+        "--port",
+        type=int,
+        default=8080,
+        help="proxy port (default 8080; when taken, a free one is picked)",
     )
     demo.add_argument(
         "--sandbox-port", type=int, default=0, help="sandbox port (default: a free one)"
     )
     demo.add_argument("--log-format", choices=("json", "console"))
-    demo.add_argument("--log-level", default="info")
+    demo.add_argument("--log-level", default="info", help="default info")
 
-    sandbox = commands.add_parser(
-        "sandbox",
-        help="run the offline imitation of Aspose Cloud (reads no ASPOSE_PROXY_* variable)",
-    )
+    sandbox = _command(commands, "sandbox")
     sandbox.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8090, help="default 8090; 0 picks a free port")
     sandbox.add_argument("--client-id", default="demo", help="accepted client id (default demo)")
@@ -122,43 +219,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--data-dir", type=Path, help="where files live (default: a temp dir)")
     sandbox.add_argument("--log-format", choices=("json", "console"))
-    sandbox.add_argument("--log-level", default="info")
+    sandbox.add_argument("--log-level", default="info", help="default info")
 
-    check = commands.add_parser(
-        "check", help="fetch one token with the configured credentials and say when it expires"
-    )
-    _setting_flags(check)
+    check = _command(commands, "check")
+    _setting_flags(check, COMMAND_SETTINGS["check"])
 
-    config = commands.add_parser(
-        "config", help="print the effective settings and where each came from (secrets masked)"
-    )
-    _setting_flags(config)
+    config = _command(commands, "config")
+    _setting_flags(config, COMMAND_SETTINGS["config"])
 
-    usage = commands.add_parser(
-        "usage",
-        help="calls per client and product, and budgets, read from usage_store (the proxy "
-        "need not run)",
-    )
+    usage = _command(commands, "usage")
     usage.add_argument("--period", choices=("day", "month"), default="day", help="UTC period")
     usage.add_argument("--json", action="store_true", help="the /_proxy/usage JSON")
-    _setting_flags(usage)
+    _setting_flags(usage, COMMAND_SETTINGS["usage"])
 
-    cache = commands.add_parser(
-        "cache", help="stats or clear the conversion cache in cache_store (the proxy need not run)"
-    )
+    cache = _command(commands, "cache")
     cache_cli.add_arguments(cache)
-    _setting_flags(cache)
+    _setting_flags(cache, COMMAND_SETTINGS["cache"])
     return parser
+
+
+def unknown_command(word: str) -> str | None:
+    """The message for a first argument that is no command, or None if it is one (or a flag:
+    ``aspose-proxy --port 9000`` is ``run --port 9000``)."""
+    if word in COMMANDS or word.startswith("-"):
+        return None
+    close = difflib.get_close_matches(word, list(COMMANDS), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown command {word!r}{hint}; commands: {', '.join(COMMANDS)}"
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
     cli = {
         name: getattr(args, name, None) for name in Settings.model_fields if name not in NOT_FLAGS
     }
-    return load_settings(cli, args.config)
+    # Kubernetes' ASPOSE_PROXY_PORT=tcp://... service link matters only to a command that listens.
+    return load_settings(cli, args.config, listens=args.command == "run")
 
 
 def _require_credentials(settings: Settings) -> None:
+    if problems := missing_credentials(settings):
+        raise SettingsError(problems)
+
+
+def missing_credentials(settings: Settings) -> list[str]:
+    """One line per required setting that is not set."""
     problems = []
     if not settings.client_id:
         problems.append(
@@ -169,8 +273,7 @@ def _require_credentials(settings: Settings) -> None:
             "client_secret: required (set ASPOSE_PROXY_CLIENT_SECRET, or client_secret_file, "
             "e.g. /run/secrets/aspose_client_secret)"
         )
-    if problems:
-        raise SettingsError(problems)
+    return problems
 
 
 def _log_level(value: str) -> str:
@@ -183,15 +286,22 @@ def _log_level(value: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+    if argv and (problem := unknown_command(argv[0])):
+        print(f"aspose-proxy: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "-V", "--version")):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
     except SettingsError as exc:
-        for problem in exc.problems:
+        # A misspelt variable name first: it is often why a setting is missing or wrong.
+        for problem in [*typo_hints(os.environ), *exc.problems]:
             print(f"aspose-proxy: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except CannotListen as exc:
+        print(f"aspose-proxy: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -212,7 +322,11 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             hint = f" (did you mean {close}?)" if close else ""
             print(f"aspose-proxy: warning: unknown variable {name} ignored{hint}", file=sys.stderr)
         print(render_config(loaded))
-        return 0
+        # Like `nginx -t`: a configuration `run` would refuse is not a success.
+        missing = missing_credentials(settings)
+        for problem in missing:
+            print(f"aspose-proxy: {problem}", file=sys.stderr)
+        return EXIT_USAGE if missing else 0
     if args.command == "usage":
         return asyncio.run(_usage(settings, args.period, as_json=args.json))
     if args.command == "cache":
@@ -319,8 +433,9 @@ async def _check(settings: Settings) -> int:
 
 async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:
     from proxy.app import create_app
+    from proxy.listening import listen
     from proxy.reload import SETTINGS_LOADER
-    from proxy.server import announce, start_server, wait_for_stop_signal
+    from proxy.server import announce, wait_for_stop_signal
 
     worker: int | None = args.worker
     local_token_key = None
@@ -340,7 +455,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
             local_token_key = supervisor.read_local_token_key(args.run_dir)
     app = create_app(settings, local_token_key=local_token_key)
     app[SETTINGS_LOADER] = lambda: _load(args).settings  # SIGHUP: the same sources again
-    server = await start_server(
+    server = await listen(
         app,
         settings.host,
         settings.port,
@@ -365,8 +480,9 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
 
 
 async def _sandbox(args: argparse.Namespace) -> int:
+    from proxy.listening import listen
     from proxy.sandbox import SandboxConfig, create_sandbox_app
-    from proxy.server import announce, start_server, wait_for_stop_signal
+    from proxy.server import announce, wait_for_stop_signal
 
     config = SandboxConfig(
         client_id=args.client_id,
@@ -374,7 +490,7 @@ async def _sandbox(args: argparse.Namespace) -> int:
         token_lifetime=args.token_lifetime,
         data_dir=args.data_dir,
     )
-    server = await start_server(create_sandbox_app(config), args.host, args.port, shutdown_grace=5)
+    server = await listen(create_sandbox_app(config), args.host, args.port, shutdown_grace=5)
     announce(
         f"Aspose Cloud sandbox listening on {server.url} "
         f"(sandbox credentials: client_id '{config.client_id}', "

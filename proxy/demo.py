@@ -1,23 +1,29 @@
 """``aspose-proxy demo``: the sandbox and the proxy in one process, and the curl lines to try.
 
 It also makes one real round trip through the proxy (upload, list, download), so a newcomer
-sees the whole chain work before typing anything.
+sees the whole chain work before typing anything. It works whatever the user has set up
+(issue 18): it reads no ``ASPOSE_PROXY_*`` variable and no config file, keeps its usage counts
+and token schedule in memory, and takes a free port when the one asked for is taken.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import aiohttp
 import structlog
 from pydantic import SecretStr
 
 from proxy.app import create_app
+from proxy.listening import listen, port_in_use
 from proxy.sandbox import SandboxConfig, create_sandbox_app
-from proxy.server import Server, announce, start_server, wait_for_stop_signal
-from proxy.settings import load_settings
+from proxy.server import Server, announce, wait_for_stop_signal
+from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.demo")
 
-DEMO = SandboxConfig()
+DEMO = SandboxConfig(request_log_level=logging.DEBUG)
 
 
 def instructions(proxy_url: str, sandbox_url: str) -> str:
@@ -57,26 +63,48 @@ async def round_trip(proxy_url: str) -> str:
     return f"Self-check through the proxy: uploaded, listed {names}, downloaded ({verdict})"
 
 
+def demo_settings(host: str, port: int, sandbox_url: str) -> Settings:
+    """The demo's own settings: built here, never read from the environment or a file."""
+    return Settings(
+        host=host,
+        port=port,
+        upstream_url=sandbox_url,
+        client_id=DEMO.client_id,
+        client_secret=SecretStr(DEMO.client_secret),
+        usage_store="off",  # the demo's calls never count against real budgets
+    )
+
+
+def free_port_if_taken(host: str, port: int, what: str) -> int:
+    """``port``, or 0 (a free one) when something already listens there; says so."""
+    if port_in_use(host, port):
+        announce(f"Port {port} is in use, so the {what} listens on a free port instead.")
+        return 0
+    return port
+
+
 async def run_demo(host: str, port: int, sandbox_port: int) -> int:
-    sandbox: Server = await start_server(create_sandbox_app(DEMO), "127.0.0.1", sandbox_port)
-    settings = load_settings(
-        {
-            "host": host,
-            "port": port,
-            "upstream_url": sandbox.url,
-            "client_id": DEMO.client_id,
-            "client_secret": SecretStr(DEMO.client_secret),
-        }
-    ).settings
-    proxy = await start_server(create_app(settings), settings.host, settings.port, shutdown_grace=5)
+    sandbox_port = free_port_if_taken("127.0.0.1", sandbox_port, "sandbox")
+    sandbox: Server = await listen(create_sandbox_app(DEMO), "127.0.0.1", sandbox_port)
+    try:
+        settings = demo_settings(host, free_port_if_taken(host, port, "proxy"), sandbox.url)
+        proxy = await listen(create_app(settings), settings.host, settings.port, shutdown_grace=5)
+    except BaseException:
+        await sandbox.stop()
+        raise
+    # Listen for Ctrl+C/SIGTERM before printing anything: a signal sent as soon as the
+    # self-check line appears would otherwise kill the process and lose its last log lines.
+    stopped = asyncio.create_task(wait_for_stop_signal())
+    await asyncio.sleep(0)
     try:
         announce(instructions(proxy.url, sandbox.url))
         try:
             announce(await round_trip(proxy.url))
         except (aiohttp.ClientError, ValueError) as exc:
             log.error("demo self-check failed", error=str(exc))
-        await wait_for_stop_signal()
+        await stopped
     finally:
+        stopped.cancel()
         await proxy.stop()
         await sandbox.stop()
     return 0

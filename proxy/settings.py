@@ -373,9 +373,13 @@ def _read_env() -> dict[str, Any]:
         raise SettingsError([f"{name}: not valid JSON (from {ENV_PREFIX}{name.upper()})"]) from None
 
 
+def _is_service_link(port: object) -> bool:
+    return isinstance(port, str) and bool(_SERVICE_LINK_VALUE.match(port.strip()))
+
+
 def _refuse_service_link(port: object) -> None:
     """``ASPOSE_PROXY_PORT=tcp://10.0.0.1:8080`` is Kubernetes' doing, not the user's: say so."""
-    if isinstance(port, str) and _SERVICE_LINK_VALUE.match(port.strip()):
+    if isinstance(port, str) and _is_service_link(port):
         raise SettingsError(
             [
                 f"port: {ENV_PREFIX}PORT is {port.strip()!r}, a Kubernetes service link (a "
@@ -405,10 +409,27 @@ def unknown_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str | None]]
     return found
 
 
+def typo_hints(environ: Mapping[str, str]) -> list[str]:
+    """One line per misspelt ``ASPOSE_PROXY_*`` name that has a close match: shown before a
+    settings error, since the typo is often why a setting is missing."""
+    return [
+        f"unknown variable {name} ignored (did you mean {close}?)"
+        for name, close in unknown_env_vars(environ)
+        if close
+    ]
+
+
 def load_settings(
-    cli: Mapping[str, Any] | None = None, config_path: str | Path | None = None
+    cli: Mapping[str, Any] | None = None,
+    config_path: str | Path | None = None,
+    *,
+    listens: bool = True,
 ) -> LoadedSettings:
-    """Layer defaults < TOML < env < CLI and validate; raise ``SettingsError`` with clear lines."""
+    """Layer defaults < TOML < env < CLI and validate; raise ``SettingsError`` with clear lines.
+
+    ``listens``: the command binds ``port`` (``run``); the others ignore a Kubernetes service
+    link in ``ASPOSE_PROXY_PORT``.
+    """
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     layers: list[tuple[dict[str, Any], str]] = []
     path = config_path or os.environ.get(CONFIG_ENV_VAR) or None
@@ -416,7 +437,10 @@ def load_settings(
         layers.append((_read_toml(Path(path)), str(path)))
     env = _read_env()
     if "port" not in cli:
-        _refuse_service_link(env.get("port"))
+        if listens:
+            _refuse_service_link(env.get("port"))
+        elif _is_service_link(env.get("port")):
+            del env["port"]
     layers.append((env, "env"))
     layers.append((dict(cli), "cli"))
 

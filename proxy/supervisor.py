@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from proxy.listening import CannotListen
 from proxy.settings import TOKEN_STATE_ENV_VAR, Settings
 
 log = structlog.get_logger("proxy.supervisor")
@@ -160,18 +161,14 @@ class Supervisor:
         self._pipes: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; 0 when every worker drained, 1 when start-up failed."""
+        """Serve until SIGTERM/SIGINT; 0 when every worker drained, 1 when start-up failed.
+
+        Raises ``CannotListen`` when the address cannot be bound."""
         settings = self._settings
         try:
             holder = hold_port(settings.host, settings.port)
         except OSError as exc:
-            log.error(
-                "cannot listen",
-                host=settings.host,
-                port=settings.port,
-                reason=exc.strerror or str(exc),
-            )
-            return 1
+            raise CannotListen(settings.host, settings.port, exc) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)

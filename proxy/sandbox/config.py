@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class SandboxConfig:
     lockout_threshold: int = 5
     lockout_window: float = 600
     lockout_duration: float = 600
+    # `demo` logs its requests at debug: there the proxy's access line is the one per request.
+    request_log_level: int = logging.INFO
 
     def __post_init__(self) -> None:
         if not self.client_id:

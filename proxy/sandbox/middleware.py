@@ -40,7 +40,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = exc.status
         raise
     finally:
-        structlog.get_logger("sandbox").info(
+        structlog.get_logger("sandbox").log(
+            request.app[STATE].config.request_log_level,
             "request",
             method=request.method,
             path=request.path,

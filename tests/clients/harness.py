@@ -125,8 +125,11 @@ _SANDBOX_LINE = re.compile(r"sandbox \(offline imitation\): (http://\S+)")
 
 
 @contextlib.asynccontextmanager
-async def demo_process(cwd: Path, *, timeout: float = 30) -> AsyncIterator[Demo]:
-    """Start ``aspose-proxy demo --port 0`` in ``cwd``, parse the URLs it prints, stop it after.
+async def demo_process(
+    cwd: Path, *, timeout: float = 30, port: int = 0, env: dict[str, str] | None = None
+) -> AsyncIterator[Demo]:
+    """Start ``aspose-proxy demo --port PORT`` in ``cwd`` (``env`` added to ours), parse the
+    URLs it prints, stop it after.
 
     It is ready once it printed its self-check line (the proxy then holds a token).
     """
@@ -135,10 +138,11 @@ async def demo_process(cwd: Path, *, timeout: float = 30) -> AsyncIterator[Demo]
         *aspose_proxy_command(),
         "demo",
         "--port",
-        "0",
+        str(port),
         "--log-format",
         "json",
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=log_file,

@@ -92,7 +92,9 @@ async def test_a_password_in_the_redis_store_url_exits_2_without_echoing_it(url:
 
 
 async def test_flag_overrides_env_and_config_reports_the_source() -> None:
-    code, out, _ = await run_cli("config", "--port", "9999", env={"ASPOSE_PROXY_PORT": "7000"})
+    env = {"ASPOSE_PROXY_PORT": "7000", "ASPOSE_PROXY_CLIENT_ID": "x"}
+    env["ASPOSE_PROXY_CLIENT_SECRET"] = "y" * 20
+    code, out, _ = await run_cli("config", "--port", "9999", env=env)
     assert code == 0
     assert "port = 9999  # from --port" in out
 

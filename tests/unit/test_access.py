@@ -336,6 +336,8 @@ def test_access_keys_are_no_flag_masked_in_config_and_redacted(
         main(["run", "--access-keys", "{}"])
     capsys.readouterr()
     monkeypatch.setenv("ASPOSE_PROXY_ACCESS_KEYS", json.dumps({"ci-job": KEY}))
+    monkeypatch.setenv("ASPOSE_PROXY_CLIENT_ID", "cid")
+    monkeypatch.setenv("ASPOSE_PROXY_CLIENT_SECRET", "a-long-enough-secret")
     assert main(["config"]) == 0
     out, err = capsys.readouterr()
     assert KEY not in out + err

@@ -102,6 +102,7 @@ def test_kubernetes_service_link_variables_are_recognised_and_skipped(
 def test_config_command_warns_about_an_unknown_variable_on_stderr() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASPOSE_PROXY_")}
     env["ASPOSE_PROXY_UPSTREAM_TIMEOUTT"] = "3"
+    env |= {"ASPOSE_PROXY_CLIENT_ID": "x", "ASPOSE_PROXY_CLIENT_SECRET": "y" * 20}
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "config"],
         env=env, capture_output=True, text=True, timeout=30, check=False,
