@@ -26,10 +26,9 @@ from proxy.errors import (
     OriginNotAllowed,
 )
 from proxy.paths import normalise
-from proxy.settings import Settings
+from proxy.settings import DEFAULT_ALLOW_FROM, Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-DEFAULT_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 # The private ranges the Docker image adds (RFC 1918, RFC 4193), quoted in the bind warning.
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 KEY_HEADER = "X-Proxy-Key"

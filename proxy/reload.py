@@ -4,8 +4,9 @@ On SIGHUP the settings are loaded again from the same sources (CLI flags, env, T
 file: ``app[SETTINGS_LOADER]``, set by the command that runs the app) and each hook in
 ``app[RELOAD_HOOKS]`` is passed the new Settings; a hook swaps in a newly built immutable rules
 object. Registered here: the log level. Elsewhere: credentials (proxy/credentials.py), access
-rules, usage budgets. Settings in ``RESTART_ONLY`` keep their start-up values; a reload that
-changes one says so in a log line. Settings that fail to load leave everything as it was.
+rules, usage budgets. Settings typed ``AtStart[...]`` (proxy/settings.py) keep their
+start-up values; a reload that changes one says so in a log line. Settings that fail to load
+leave everything as it was.
 """
 
 from __future__ import annotations
@@ -24,36 +25,6 @@ from proxy.settings import Settings, SettingsError
 RELOAD_HOOKS = web.AppKey("reload_hooks", list[Callable[[Settings], None]])
 SETTINGS_LOADER: web.AppKey[Callable[[], Settings]] = web.AppKey("settings_loader")
 
-# Read once at start-up (listening socket, sessions, pools, files, workers, log output).
-RESTART_ONLY = frozenset(
-    {
-        "host",
-        "port",
-        "workers",
-        "upstream_url",
-        "token_url",
-        "ca_file",
-        "upstream_keepalive_timeout",
-        "request_header_timeout",
-        "max_connections_per_client",
-        "upstream_timeout",
-        "connect_timeout",
-        "read_timeout",
-        "token_wait_timeout",
-        "body_memory_limit",
-        "max_body_size",
-        "spool_dir",
-        "shutdown_grace",
-        "local_token_endpoint",
-        "local_clients",
-        "log_format",
-        "log_flush_interval",
-        "usage_store",
-        "usage_store_password",
-        "usage_flush_interval",
-    }
-)
-
 log = structlog.get_logger("proxy.reload")
 
 
@@ -70,7 +41,7 @@ def reload(app: web.Application, settings: Settings, current: Settings) -> list[
     """Pass ``settings`` to every hook; return the restart-only settings that changed."""
     changed = sorted(
         name
-        for name in RESTART_ONLY & set(Settings.model_fields)
+        for name in Settings.restart_only()
         if getattr(settings, name) != getattr(current, name)
     )
     for hook in app[RELOAD_HOOKS]:

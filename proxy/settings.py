@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     Field,
@@ -45,7 +45,24 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MiB = 1024 * 1024
 # Access keys and local client secrets: at least this long (issue 16), and how to make one.
 MIN_CLIENT_SECRET_LENGTH = 16
+# The loopback networks: the default of allow_from (checked against it in the bind warning).
+DEFAULT_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 MAKE_SECRET = 'python3 -c "import secrets; print(secrets.token_urlsafe(24))"'  # noqa: S105 (a command)
+
+T = TypeVar("T")
+
+
+class _ReadAtStart:
+    """The marker of ``AtStart``; pydantic keeps it in the field's ``metadata``."""
+
+    def __repr__(self) -> str:
+        return "READ_AT_START"
+
+
+READ_AT_START: Final = _ReadAtStart()
+# A setting read once at start-up (listening socket, sessions, pools, files, workers, log output,
+# stores): a reload that changes it keeps the running value and says a restart is needed.
+AtStart = Annotated[T, READ_AT_START]
 
 
 class Settings(BaseSettings):
@@ -64,51 +81,61 @@ class Settings(BaseSettings):
     client_secret_file: Path | None = Field(
         None, description="file holding the secret, e.g. /run/secrets/aspose_client_secret"
     )
-    upstream_url: str = Field("https://api.aspose.cloud", description="where requests go")
-    token_url: str = Field("", description="token endpoint (default {upstream_url}/connect/token)")
-    ca_file: Path | None = Field(
+    upstream_url: AtStart[str] = Field("https://api.aspose.cloud", description="where requests go")
+    token_url: AtStart[str] = Field(
+        "", description="token endpoint (default {upstream_url}/connect/token)"
+    )
+    ca_file: AtStart[Path | None] = Field(
         None, description="PEM CA certificates trusted for upstream TLS besides the system's"
     )
-    host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8080, description="port to listen on, 0 picks a free one")
-    upstream_timeout: float = Field(
+    host: AtStart[str] = Field("127.0.0.1", description="address to listen on")
+    port: AtStart[int] = Field(8080, description="port to listen on, 0 picks a free one")
+    upstream_timeout: AtStart[float] = Field(
         300.0, gt=0, description="seconds to wait for upstream response headers"
     )
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to open an upstream connection")
-    read_timeout: float = Field(60.0, gt=0, description="longest gap between body chunks, seconds")
-    upstream_keepalive_timeout: float = Field(
+    connect_timeout: AtStart[float] = Field(
+        10.0, gt=0, description="seconds to open an upstream connection"
+    )
+    read_timeout: AtStart[float] = Field(
+        60.0, gt=0, description="longest gap between body chunks, seconds"
+    )
+    upstream_keepalive_timeout: AtStart[float] = Field(
         15.0,
         gt=0,
         description="seconds idle upstream connections stay pooled (below load balancers' idle)",
     )
-    token_wait_timeout: float = Field(
+    token_wait_timeout: AtStart[float] = Field(
         5.0, gt=0, description="how long a request waits for a token fetch, seconds"
     )
-    body_memory_limit: int = Field(
+    body_memory_limit: AtStart[int] = Field(
         1 * MiB, ge=0, description="request body bytes kept in memory before spilling to disk"
     )
-    max_body_size: int = Field(2048 * MiB, gt=0, description="larger request bodies get 413")
-    spool_dir: Path | None = Field(None, description="where spilled bodies go (system temp dir)")
-    shutdown_grace: float = Field(
+    max_body_size: AtStart[int] = Field(
+        2048 * MiB, gt=0, description="larger request bodies get 413"
+    )
+    spool_dir: AtStart[Path | None] = Field(
+        None, description="where spilled bodies go (system temp dir)"
+    )
+    shutdown_grace: AtStart[float] = Field(
         30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
     )
-    request_header_timeout: float = Field(
+    request_header_timeout: AtStart[float] = Field(
         10.0, gt=0, description="seconds a client has to send a whole request head"
     )
-    max_connections_per_client: int = Field(
+    max_connections_per_client: AtStart[int] = Field(
         256, ge=1, description="simultaneous connections one client address may hold"
     )
-    workers: int = Field(
+    workers: AtStart[int] = Field(
         1, ge=0, le=256, description="processes sharing the port (SO_REUSEPORT); 0 = one per CPU"
     )
-    local_token_endpoint: bool = Field(
+    local_token_endpoint: AtStart[bool] = Field(
         True, description="answer SDK token requests locally with a placeholder"
     )
-    local_clients: dict[str, SecretStr] = Field(
+    local_clients: AtStart[dict[str, SecretStr]] = Field(
         default_factory=dict, description="client id -> secret the local endpoint accepts"
     )
     allow_from: list[str] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        default_factory=lambda: list(DEFAULT_ALLOW_FROM),
         description="CIDRs of client addresses that may use the proxy (others get 403)",
     )
     metrics_allow_from: list[str] = Field(
@@ -133,21 +160,21 @@ class Settings(BaseSettings):
     allow_hosts: list[str] = Field(
         default_factory=list, description="Host names answered besides the loopback names"
     )
-    log_format: Literal["json", "console"] | None = Field(
+    log_format: AtStart[Literal["json", "console"] | None] = Field(
         None, description="json (default off a terminal) or console"
     )
     log_level: str = Field("info", description="debug, info, warning, error or critical")
-    log_flush_interval: float = Field(
+    log_flush_interval: AtStart[float] = Field(
         1.0, ge=0, description="seconds ordinary log lines may wait to be written in a batch"
     )
-    usage_store: str = Field(
+    usage_store: AtStart[str] = Field(
         default_factory=default_store_url,
         description="where call counts live: sqlite:///path/usage.db, redis://host:port/db or off",
     )
-    usage_store_password: SecretStr | None = Field(
+    usage_store_password: AtStart[SecretStr | None] = Field(
         None, description="the Redis password for usage_store (env or TOML only)"
     )
-    usage_flush_interval: float = Field(
+    usage_flush_interval: AtStart[float] = Field(
         1.0, gt=0, description="seconds call counts wait in memory before a batched write"
     )
     budgets: list[Budget] = Field(
@@ -156,23 +183,30 @@ class Settings(BaseSettings):
     rate_limits: list[RateLimit] = Field(
         default_factory=list, description="token buckets: [{client, per_second, burst}]"
     )
-    cache_store: str = Field(
+    cache_store: AtStart[str] = Field(
         "off",
         description="conversion cache: off, disk, file:///absolute/dir or redis://host:port/db",
     )
-    cache_store_password: SecretStr | None = Field(
+    cache_store_password: AtStart[SecretStr | None] = Field(
         None, description="the Redis password for cache_store (env or TOML only)"
     )
-    cache_ttl: int = Field(604800, gt=0, description="seconds a cached conversion is served")
-    cache_max_size: int = Field(
+    cache_ttl: AtStart[int] = Field(
+        604800, gt=0, description="seconds a cached conversion is served"
+    )
+    cache_max_size: AtStart[int] = Field(
         1024 * MiB, gt=0, description="bytes the disk cache may hold (least recently used go)"
     )
-    cache_max_entry_size: int = Field(
+    cache_max_entry_size: AtStart[int] = Field(
         64 * MiB, gt=0, description="larger conversion answers are not cached"
     )
-    cache_scope: Literal["shared", "client"] = Field(
+    cache_scope: AtStart[Literal["shared", "client"]] = Field(
         "shared", description="shared: one cache for all clients; client: entries per client"
     )
+
+    @classmethod
+    def restart_only(cls) -> frozenset[str]:
+        """The settings typed ``AtStart[...]``: a reload cannot change them."""
+        return frozenset(n for n, f in cls.model_fields.items() if READ_AT_START in f.metadata)
 
     @classmethod
     def settings_customise_sources(

@@ -16,7 +16,7 @@ minutes (HTTP 429, ``Retry-After: 600``), for every service using that applicati
 The state lives in a :class:`MemoryStore` (one process) or a :class:`FileStore`: a small JSON
 file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share. Seam: the
 supervisor sets ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (``proxy.settings.TOKEN_STATE_ENV_VAR``) in the
-workers' environment; ``proxy/app.py`` builds a FileStore on it when set. Times are
+workers' environment; ``shared_schedule()`` (below) builds a FileStore on it when set. Times are
 ``time.monotonic()`` values: CLOCK_MONOTONIC is one clock for all processes of a Linux machine.
 Credentials are stored only as salted fingerprints, never as secrets.
 """

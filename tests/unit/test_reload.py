@@ -66,3 +66,13 @@ def test_settings_that_fail_to_load_leave_everything_as_it_was() -> None:
         assert reload.reload_from_sources(app, current) is current
     assert got == []
     assert any(e["log_level"] == "error" for e in logs)
+
+
+def test_restart_only_is_read_from_the_fields_so_a_new_store_setting_is_reported() -> None:
+    """The cache settings came after the old RESTART_ONLY list and were silently kept."""
+    app = web.Application()
+    reload.setup(app, base())
+    changed = reload.reload(app, base(cache_store="disk", cache_ttl=60), base())
+    assert changed == ["cache_store", "cache_ttl"]
+    assert {"host", "port", "usage_store"} <= Settings.restart_only()
+    assert not {"allow_from", "budgets", "log_level", "client_secret"} & Settings.restart_only()
