@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.bounded_cache import BoundedCache
 from proxy.errors import (
@@ -178,6 +179,14 @@ class AccessRules:
                 f"The address {remote or '(unknown)'} is not in the proxy's {setting} setting."
             )
 
+    def admits(self, remote: str | None) -> bool:
+        """Whether ``allow_from`` admits ``remote`` (for answers that skip the guards)."""
+        try:
+            self.check_address(remote)
+        except AddressNotAllowed:
+            return False
+        return True
+
     def check_host_header(self, host: str | None) -> None:
         """DNS rebinding (issue 16: whatever the listener): a Host that is ``localhost``, an IP
         literal, this machine's name or in ``allow_hosts``, else 421.
@@ -312,11 +321,19 @@ def _digest(key: str) -> bytes:
 
 def startup_warnings(settings: Settings) -> list[str]:
     """Settings that are valid but probably not what the operator meant."""
+    warnings = []
     if not is_loopback_host(settings.host) and tuple(settings.allow_from) == DEFAULT_ALLOW_FROM:
         ranges = ", ".join(f'"{r}"' for r in (*DEFAULT_ALLOW_FROM, *PRIVATE_RANGES))
-        return [
+        warnings.append(
             f"listening on {settings.host} but allow_from admits only loopback clients, so "
             "everyone else gets 403 address_not_allowed; set allow_from to the networks of "
             f"your clients, e.g. ASPOSE_PROXY_ALLOW_FROM='[{ranges}]'"
-        ]
-    return []
+        )
+    for name in ("upstream_url", "token_url"):
+        parts = urlsplit(getattr(settings, name))
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            warnings.append(
+                f"{name} is plain http:// to {parts.hostname}: the client secret and access "
+                "tokens would cross the network unencrypted; use https://"
+            )
+    return warnings

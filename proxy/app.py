@@ -21,7 +21,7 @@ from proxy.connections import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLim
 from proxy.credentials import Credentials, CredentialsSource
 from proxy.errors import ProxyError
 from proxy.forward import Forwarder
-from proxy.health import METRICS, TOKENS
+from proxy.health import ADMITS, METRICS, TOKENS
 from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
 from proxy.oauth import TOKEN_PATHS
@@ -168,6 +168,7 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[GUARD] = guard
+    app[ADMITS] = lambda remote: access.rules.admits(remote)  # the rules in force
     reload.setup(app, settings)  # the hook list (with the log level) and SIGHUP
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):

@@ -32,7 +32,20 @@ HOP_BY_HOP = frozenset(
 # proxy's own access key, stays here), Host is the upstream's, Expect is answered by the proxy
 # itself, and Content-Length is set from the buffered body (a chunked upload gets one too, as
 # nginx does).
-REQUEST_DROPPED = HOP_BY_HOP | {"authorization", "x-proxy-key", "host", "expect", "content-length"}
+# Method and URL overrides are never forwarded (issue 16): frameworks behind the upstream
+# (ASP.NET, IIS URL Rewrite) would act on a method or path other than the one the guards saw.
+OVERRIDES = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+REQUEST_DROPPED = (
+    HOP_BY_HOP | OVERRIDES | {"authorization", "x-proxy-key", "host", "expect", "content-length"}
+)
 # aiohttp's server sets these itself from the body it sends; Content-Length is re-added
 # by the handler when upstream sent one. X-Request-Id is the proxy's (the one in its logs).
 RESPONSE_DROPPED = HOP_BY_HOP | {"content-length", "x-request-id"}

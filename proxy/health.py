@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from proxy.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -9,6 +11,12 @@ from proxy.tokens import TokenCache
 
 TOKENS = web.AppKey("tokens", TokenCache)
 METRICS = web.AppKey("metrics", Metrics)
+# Whether a client address is admitted by allow_from (the access rules in force).
+ADMITS: web.AppKey[Callable[[str | None], bool]] = web.AppKey("admits")
+# What /readyz tells callers outside allow_from: the detail names the client_id and the token
+# endpoint (help for someone triggering the failed-login lockout, issue 16). The token cache
+# logs the detail on every failed fetch, and /_proxy/ (behind the guards) shows it.
+GENERIC_REASON = "no valid access token; the reason is in the proxy's log and on /_proxy/"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -16,10 +24,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Probes skip the access guards (kubelet calls from the node): only callers admitted by
+    ``allow_from`` read why the proxy is not ready."""
     tokens = request.app.get(TOKENS)
     reason = tokens.not_ready_reason if tokens else "starting"
     if reason is None:
         return web.json_response({"status": "ready"})
+    admits = request.app.get(ADMITS)
+    if reason != "starting" and (admits is None or not admits(request.remote)):
+        reason = GENERIC_REASON
     return web.json_response({"status": "not ready", "reason": reason}, status=503)
 
 

@@ -47,6 +47,26 @@ async def test_rejected_credentials_give_503_naming_invalid_client_and_the_clien
         assert "invalid_client" in (await response.json())["reason"]
 
 
+async def test_readyz_gives_callers_outside_allow_from_a_generic_reason(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    # Issue 16: probes skip the guards; the detail names the client_id and the token URL.
+    await sandbox.control("rotate-secret", {"client_secret": "not-what-the-proxy-has"})
+    proxy = await proxy_factory(allow_from=["10.0.0.0/8"])  # the test calls from 127.0.0.1
+    async with proxy.client.get(proxy.url + ECHO) as response:
+        assert response.status == 403  # the address guard; the token fetch failed meanwhile
+    for _ in range(100):
+        async with proxy.client.get(proxy.url + "/readyz") as response:
+            assert response.status == 503
+            reason = (await response.json())["reason"]
+        if reason != "no access token fetched yet":
+            break
+        await asyncio.sleep(0.05)
+    assert "/_proxy/" in reason
+    for detail in ("invalid_client", "demo", sandbox.url, "connect/token"):
+        assert detail not in reason
+
+
 async def test_failing_token_endpoint_gives_503_and_backs_off(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox
 ) -> None:

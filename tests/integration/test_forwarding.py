@@ -31,6 +31,20 @@ def header_values(echoed: dict[str, Any], name: str) -> list[str]:
     return [v for k, v in echoed["headers"] if k.lower() == name.lower()]
 
 
+async def test_method_and_url_override_headers_never_reach_upstream(proxy: RunningProxy) -> None:
+    overrides = {
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        "X-Original-URL": "/v4.0/cells/storage/file/x",
+        "X-Rewrite-URL": "/v4.0/cells/storage/file/x",
+    }
+    echoed = await echo(proxy, headers={**overrides, "X-Keep": "1"})
+    for name in overrides:
+        assert header_values(echoed, name) == [], name
+    assert header_values(echoed, "X-Keep") == ["1"]
+
+
 async def test_client_authorization_is_replaced_by_the_proxy_token(
     proxy: RunningProxy, sandbox: RunningSandbox
 ) -> None:

@@ -132,6 +132,26 @@ def test_non_loopback_bind_with_default_allow_from_warns_what_to_set() -> None:
     assert startup_warnings(Settings(host="0.0.0.0", allow_from=["10.0.0.0/8"])) == []
 
 
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"upstream_url": "http://api.aspose.example"}, ["upstream_url", "token_url"]),
+        ({"token_url": "http://id.aspose.example/connect/token"}, ["token_url"]),
+        ({"upstream_url": "http://10.0.0.5:8090"}, ["upstream_url", "token_url"]),
+        ({"upstream_url": "http://127.0.0.1:8090"}, []),  # the sandbox on this machine
+        ({"upstream_url": "http://localhost:8090"}, []),
+        ({"upstream_url": "http://[::1]:8090"}, []),
+        ({"upstream_url": "https://api.aspose.cloud"}, []),
+    ],
+)
+def test_plain_http_to_another_host_is_warned_about(
+    settings: dict[str, str], named: list[str]
+) -> None:
+    warnings = startup_warnings(Settings(**settings))  # type: ignore[arg-type]
+    assert [w.split(" ", 1)[0] for w in warnings] == named
+    assert all("http://" in w and "https://" in w for w in warnings)
+
+
 # -- browsers: Host and Origin -----------------------------------------------------------------
 
 

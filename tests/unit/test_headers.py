@@ -100,6 +100,21 @@ def test_request_only_header_dropped_from_request(name: str) -> None:
     assert without_auth(out) == [("X-Keep", "1")]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-HTTP-Method-Override",
+        "x-http-method",
+        "X-Method-Override",
+        "X-Original-URL",
+        "X-Rewrite-Url",
+    ],
+)
+def test_method_and_url_overrides_are_never_forwarded(name: str) -> None:
+    out = outbound_request_headers([(name, "DELETE"), ("X-Keep", "1")], "tok")
+    assert without_auth(out) == [("X-Keep", "1")]
+
+
 def test_content_length_dropped_from_request() -> None:
     # The client's value is re-set by the handler; kept, a spilled body got two of them.
     out = outbound_request_headers([("Content-Length", "5"), ("X-Keep", "1")], "tok")
