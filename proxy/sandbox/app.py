@@ -38,7 +38,9 @@ async def _data_dir(app: web.Application) -> AsyncIterator[None]:
 
 def create_sandbox_app(config: SandboxConfig | None = None) -> web.Application:
     """An aiohttp app imitating Aspose Cloud's token endpoints and Words storage API."""
-    app = web.Application(middlewares=[access_log, guard_api, control.spec_errors])
+    app = web.Application(
+        middlewares=[access_log, control.browser_guard, guard_api, control.spec_errors]
+    )
     app[STATE] = SandboxState.from_config(config or SandboxConfig())
     app.cleanup_ctx.append(_data_dir)
     for path in TOKEN_PATHS:

@@ -6,11 +6,14 @@ Tests flip these to make the token endpoints or the API misbehave, then read the
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.access import AccessRules, own_host_names
+from proxy.errors import ProxyError
 from proxy.sandbox.faults import FaultSpecError, parse_api_fault, parse_token_fault
 from proxy.sandbox.state import STATE
 
@@ -106,6 +109,31 @@ async def reset_stats(request: web.Request) -> web.Response:
     return web.json_response(state.stats.as_dict())
 
 
+# The proxy's browser rules with nothing configured: localhost, IP literals and this machine's
+# name as Host; no web page origin.
+CONTROL_RULES = web.AppKey("control_rules", AccessRules)
+
+
+def control_rules() -> AccessRules:
+    return AccessRules(own_names=own_host_names(socket.gethostname()))
+
+
+@web.middleware
+async def browser_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The switches get the proxy's Host/Origin/Sec-Fetch rules (issue 16): if the sandbox is
+    started by mistake on a reachable port, a web page or a DNS-rebound name cannot flip them."""
+    if request.path.startswith(PREFIX + "/"):
+        rules = request.app[CONTROL_RULES]
+        headers = request.headers
+        try:
+            rules.check_host_header(headers.get("Host"))
+            rules.check_browser(headers.get("Origin"), headers.get("Sec-Fetch-Site"))
+        except ProxyError as refusal:
+            body = {"error": refusal.code, "message": refusal.message}
+            return web.json_response(body, status=refusal.status)
+    return await handler(request)
+
+
 @web.middleware
 async def spec_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A malformed switch request gets a 400 with the reason, in plain JSON."""
@@ -116,6 +144,7 @@ async def spec_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def add_routes(app: web.Application) -> None:
+    app[CONTROL_RULES] = control_rules()
     app.router.add_post(f"{PREFIX}/revoke", revoke)
     app.router.add_post(f"{PREFIX}/rotate-secret", rotate_secret)
     app.router.add_post(f"{PREFIX}/lockout", lockout)

@@ -58,6 +58,22 @@ def _seconds(request: web.Request, default: float) -> float:
     return value
 
 
+def credential_fingerprint(credential: bytes) -> str:
+    """What the echo shows of a credential: enough to tell which token was sent, not the token."""
+    return "sha256:" + hashlib.sha256(credential).hexdigest()
+
+
+def _shown(name: bytes, value: bytes) -> str:
+    """A header value as the echo returns it; ``Authorization`` as its scheme and a fingerprint
+    of the credential, never the value (issue 16: a page reading the echo gets no token)."""
+    if name.lower() != b"authorization":
+        return value.decode("latin-1")
+    scheme, space, credential = value.partition(b" ")
+    if not space:
+        return credential_fingerprint(value)
+    return f"{scheme.decode('latin-1')} {credential_fingerprint(credential)}"
+
+
 async def echo(request: web.Request) -> web.Response:
     """Describe the request as received: raw path and query, headers in order, body digest.
 
@@ -69,7 +85,7 @@ async def echo(request: web.Request) -> web.Response:
         digest.update(chunk)
         length += len(chunk)
     path, _, query = request.raw_path.partition("?")
-    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers]
+    headers = [[k.decode("latin-1"), _shown(k, v)] for k, v in request.raw_headers]
     return web.json_response(
         {
             "method": request.method,

@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from proxy.health import TOKENS
+from proxy.sandbox.diagnostics import credential_fingerprint
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 
@@ -94,7 +95,9 @@ async def test_placeholder_is_replaced_on_api_calls(
         assert response.status == 200
         echoed = await response.json()
     sent = [value for name, value in echoed["headers"] if name.lower() == "authorization"]
-    assert sent == [f"Bearer {await real_token(proxy)}"]
+    # The sandbox's echo shows a fingerprint of the credential, never the token itself.
+    real = (await real_token(proxy)).encode()
+    assert sent == [f"Bearer {credential_fingerprint(real)}"]
     assert (await sandbox.stats())["unauthorized_sent"] == 0
 
 

@@ -21,7 +21,7 @@ import pytest
 import structlog
 from yarl import URL
 
-from proxy.sandbox.diagnostics import GZIP_TEXT, pattern_bytes
+from proxy.sandbox.diagnostics import GZIP_TEXT, credential_fingerprint, pattern_bytes
 
 if TYPE_CHECKING:
     from conftest import RunningSandbox, SandboxFactory
@@ -508,6 +508,37 @@ async def test_echo_describes_the_request_as_received(sandbox: RunningSandbox) -
     assert ["Transfer-Encoding", "chunked"] in echoed["headers"]
     assert echoed["body_length"] == len(payload)
     assert echoed["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+async def test_echo_never_returns_the_authorization_value(sandbox: RunningSandbox) -> None:
+    # Issue 16: a page that can read the echo (the sandbox reachable by mistake) gets no token.
+    token = await sandbox.token()
+    status, body, _ = await api(sandbox, "GET", "/v4.0/sandbox/echo/x", token=token)
+    assert status == 200
+    assert token.encode() not in body
+    [shown] = [v for k, v in json.loads(body)["headers"] if k.lower() == "authorization"]
+    assert shown == f"Bearer {credential_fingerprint(token.encode())}"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example:8090"},
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
+async def test_control_switches_get_the_proxys_host_and_origin_rules(
+    sandbox: RunningSandbox, headers: dict[str, str]
+) -> None:
+    before = (await sandbox.stats())["token_requests"]
+    url = f"{sandbox.url}/_sandbox/token-fault"
+    async with sandbox.session.post(url, json={"status": 500}, headers=headers) as response:
+        assert response.status in (403, 421)
+        assert (await response.json())["error"] in ("host_not_allowed", "origin_not_allowed")
+    assert await sandbox.token()  # no fault was switched on
+    assert (await sandbox.stats())["token_requests"] == before + 1
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 70000])
