@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import RunningSandbox
+from tests.integration.chromium import dump_dom
 from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.rawhttp import RawResponse, exchange
 
@@ -162,3 +166,39 @@ async def test_cross_site_fetch_from_an_allowed_origin_is_answered(
     proxy = await proxy_factory(allow_origins=["https://app.example.com"])
     headers = "Host: localhost\r\nSec-Fetch-Site: cross-site\r\nOrigin: https://app.example.com\r\n"
     assert (await send(proxy, headers)).status == 200
+
+
+async def test_a_cross_site_page_in_chromium_cannot_reach_the_api_without_origin(
+    proxy: RunningProxy, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # Issue 16: an <img> and a fetch(..., {mode: "no-cors"}) send no Origin; Chromium marks
+    # them Sec-Fetch-Site: cross-site (the page is on localhost, the proxy on 127.0.0.1).
+    target = f"{proxy.url}{API}"
+    page = (
+        f'<html><body><img src="{target}?via=img">'
+        f'<script>fetch("{target}?via=fetch", {{mode: "no-cors"}})'
+        '.finally(() => document.body.dataset.done = "yes")</script></body></html>'
+    )
+
+    async def serve_page(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", serve_page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        dom = await dump_dom(f"http://localhost:{port}/", tmp_path / "profile", wait_ms=5000)
+    finally:
+        await runner.cleanup()
+    assert 'data-done="yes"' in dom  # the page's fetch did run
+    async with proxy.client.get(proxy.url + "/metrics") as response:
+        metrics = await response.text()
+    refused = re.search(
+        r'aspose_proxy_errors_total\{code="origin_not_allowed",status="403"\} (\S+)', metrics
+    )
+    assert refused is not None and float(refused.group(1)) >= 2, metrics
+    assert (await sandbox.stats())["api_requests"] == 0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import shutil
 from pathlib import Path
 
-import pytest
-
+from tests.integration.chromium import dump_dom
 from tests.integration.conftest import LEAK, ProxyFactory, RunningProxy
 
 DISC = "/v4.0/words/storage/disc"
@@ -17,10 +14,6 @@ BUDGETS = [
     {"client": "ci", "product": "words", "period": "day", "calls": 4},
     {"client": "*", "product": "*", "period": "month", "calls": 1000},
 ]
-CHROMIUM_MISSING = (
-    "chromium is not installed: the status page is tested in a real headless browser "
-    "(apt-get install -y chromium; .ci/run installs it when missing)"
-)
 
 
 async def busy_proxy(proxy_factory: ProxyFactory, **overrides: object) -> RunningProxy:
@@ -30,22 +23,6 @@ async def busy_proxy(proxy_factory: ProxyFactory, **overrides: object) -> Runnin
         async with proxy.client.get(proxy.url + path, headers={"X-Proxy-Key": KEYS[key]}) as r:
             await r.read()
     return proxy
-
-
-async def dump_dom(url: str, profile: Path) -> str:
-    """What Chromium shows after loading ``url`` (scripts would have run by then)."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.fail(CHROMIUM_MISSING, pytrace=False)
-    process = await asyncio.create_subprocess_exec(
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 90)
-    assert process.returncode == 0
-    return out.decode()
 
 
 def text_of(html: str) -> str:
