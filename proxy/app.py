@@ -53,7 +53,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda credentials: request_token(token_session, settings, credentials),
         wait_timeout=settings.token_wait_timeout,
         credentials=Credentials.from_settings(settings),
-        schedule=shared_schedule(app.get(SCHEDULE_POLICY)),
+        schedule=shared_schedule(settings, app.get(SCHEDULE_POLICY)),
         metrics=app[METRICS],
     )
     app[TOKENS] = tokens

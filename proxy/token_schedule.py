@@ -13,17 +13,21 @@ minutes (HTTP 429, ``Retry-After: 600``), for every service using that applicati
 - a 429 blocks every token request until its ``Retry-After``;
 - an untried secret is tried by one process at a time: the others wait for its outcome.
 
-The state lives in a :class:`MemoryStore` (one process) or a :class:`FileStore`: a small JSON
-file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share. Seam: the
-supervisor sets ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (``proxy.settings.TOKEN_STATE_ENV_VAR``) in the
-workers' environment; ``shared_schedule()`` (below) builds a FileStore on it when set. Times are
-``time.monotonic()`` values: CLOCK_MONOTONIC is one clock for all processes of a Linux machine.
+The state lives in a :class:`MemoryStore` (one process), a :class:`FileStore` (a small JSON
+file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share) or Redis
+(``proxy/token_schedule_redis.py``: every replica using that Redis). Seam: the supervisor sets
+``ASPOSE_PROXY_TOKEN_STATE_FILE`` (``proxy.settings.TOKEN_STATE_ENV_VAR``) in the workers'
+environment; ``shared_schedule()`` (below) builds a FileStore on it when set. Times are wall-clock
+(``time.time()``, UTC seconds): the state is shared between machines and outlives a reboot,
+which a monotonic clock does not. A store that cannot reach its shared state says so with
+``degraded``; the schedule is then conservative (``Policy.conservative``).
 Credentials are stored only as salted fingerprints, never as secrets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -41,7 +45,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from proxy.settings import TOKEN_STATE_ENV_VAR
+from proxy.settings import TOKEN_STATE_ENV_VAR, Settings
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -50,6 +54,7 @@ Outcome = Literal["ok", "error", "rejected", "rate_limited"]
 # An untried secret another process is trying: how long to wait for its outcome at most.
 PENDING_STALE = 30.0
 REMEMBERED_CREDENTIALS = 16
+CLOCK_SKEW = 300.0  # seconds another machine's clock may be ahead of ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,13 @@ class Policy:
     first_step: float = 30.0  # wait after the first rejection
     step: float = 150.0  # wait after each further rejection
     default_retry_after: float = 600.0  # a 429 without a usable Retry-After
+
+    @property
+    def conservative(self) -> Policy:
+        """While the shared state is out of reach (issue 17): at most 1 failed request per
+        window in this process, and credentials once rejected are not tried again until they
+        change (no slot is left for them)."""
+        return dataclasses.replace(self, budget=1, reserve=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,9 @@ class Decision:
 
 
 class Store(Protocol):
+    # True while the store works from a local copy because its shared state is out of reach.
+    degraded: bool
+
     def transaction(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """The state, exclusively; changes made to it are kept when the block ends."""
 
@@ -102,6 +117,8 @@ def _new_state() -> dict[str, Any]:
 class MemoryStore:
     """The schedule of a single process."""
 
+    degraded = False
+
     def __init__(self) -> None:
         self._state = _new_state()
 
@@ -116,6 +133,8 @@ class FileStore:
     The lock is held for a read and a write of a few hundred bytes; the kernel drops it if a
     process dies holding it. An unreadable file starts a fresh state (with a warning).
     """
+
+    degraded = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -152,6 +171,8 @@ class FileStore:
 
 def wall_time(moment: float, clock: Clock) -> str:
     """A clock reading as UTC wall time, for messages ("no token request before ...")."""
+    if math.isinf(moment):
+        return "never"
     wall = time.time() + (moment - clock())
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -159,11 +180,15 @@ def wall_time(moment: float, clock: Clock) -> str:
 class Schedule:
     """Decides whether a token request may be sent now, and learns from its outcome."""
 
-    def __init__(self, store: Store, policy: Policy | None = None, clock: Clock = time.monotonic):
+    def __init__(self, store: Store, policy: Policy | None = None, clock: Clock = time.time):
         self.store = store
         self.policy = policy or Policy()
         self._clock = clock
         self._salt: bytes | None = None
+
+    def now(self) -> float:
+        """The schedule's clock (wall-clock seconds unless a test gives another)."""
+        return self._clock()
 
     def fingerprint(self, client_id: str, secret: str) -> str:
         """A salted digest naming a pair of credentials without revealing them."""
@@ -177,8 +202,8 @@ class Schedule:
         """May credentials ``fp`` be sent now? If so (and ``reserve``) a slot is taken: report
         the outcome with ``record``. ``reserve=False`` only looks (when is the next attempt?)."""
         now = self._clock()
-        policy = self.policy
         with self.store.transaction() as state:
+            policy = self.policy.conservative if self.store.degraded else self.policy
             self._prune(state, now)
             if now < state["blocked_until"]:
                 return Decision(
@@ -201,6 +226,11 @@ class Schedule:
                     )  # fmt: skip
                 limit = policy.budget - policy.reserve
                 until = max(state["slow_next"], self._slot_free_at(failed, limit))
+                if math.isinf(until):  # no slot for it: the conservative schedule
+                    return Decision(
+                        False, until=until, rejected=True,
+                        reason=f"{reason}; not tried again until the secret changes",
+                    )  # fmt: skip
                 if now < until:
                     return Decision(
                         False, until=until, rejected=True,
@@ -282,8 +312,11 @@ class Schedule:
 
     def _prune(self, state: dict[str, Any], now: float) -> None:
         window = self.policy.window
-        # A time in the future comes from another boot's clock: forget it.
-        state["attempts"] = [a for a in state["attempts"] if now - window < a["at"] <= now + 1]
+        # A time far in the future comes from a wrong clock: forget it (replicas on other
+        # machines may be a little ahead).
+        state["attempts"] = [
+            a for a in state["attempts"] if now - window < a["at"] <= now + CLOCK_SKEW
+        ]
         if state["blocked_until"] > now + 86400:
             state["blocked_until"] = 0.0
         for key in ("rejected", "confirmed"):
@@ -301,8 +334,19 @@ def _at(entry: Any) -> float:
     return float(entry["at"] if isinstance(entry, dict) else entry)
 
 
-def shared_schedule(policy: Policy | None = None) -> Schedule:
-    """The file named by ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (workers), else this process only."""
-    path = os.environ.get(TOKEN_STATE_ENV_VAR)
-    store: Store = FileStore(Path(path)) if path else MemoryStore()
+def shared_schedule(settings: Settings, policy: Policy | None = None) -> Schedule:
+    """Redis when the usage store is Redis (every worker and replica using it, issue 17), else
+    the file named by ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (workers), else this process only."""
+    store: Store
+    if settings.usage_store.startswith(("redis://", "rediss://")):
+        # Imported here: the redis client is loaded only by the runs that use it (start-up).
+        from proxy.token_schedule_redis import RedisScheduleStore
+
+        store = RedisScheduleStore(
+            settings.usage_store, settings.usage_store_password, settings.client_id, _new_state
+        )
+    elif path := os.environ.get(TOKEN_STATE_ENV_VAR):
+        store = FileStore(Path(path))
+    else:
+        store = MemoryStore()
     return Schedule(store, policy)

@@ -272,7 +272,7 @@ class TokenCache:
                 fp, have_token=self.valid_token() is not None, reserve=False
             )
             if decision.allowed:  # not after a rejection or a 429 with the default policy
-                decision = Decision(False, until=self._clock(), reason=exc.reason)
+                decision = Decision(False, until=self._schedule.now(), reason=exc.reason)
             self._blocked(decision, fp, exc)
             if rotation is not None and exc.rejected and fp == self._fp:
                 self._rotation = None
@@ -295,7 +295,8 @@ class TokenCache:
         """Hold further attempts until the schedule allows one; remember why (for the 503s)."""
         if fp != self._fp and not decision.rate_limited:
             return  # about the previous credentials; the new ones are asked about afresh
-        until = decision.until
+        # The schedule's times are wall-clock (shared, persisted); ours are monotonic.
+        until = decision.until + (self._clock() - self._schedule.now())
         token = self.valid_token()
         if math.isinf(until):
             until = token.usable_until if token is not None else self._clock()

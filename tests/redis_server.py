@@ -22,6 +22,7 @@ MISSING = (
 
 
 NO_PERSISTENCE = ("--save", "", "--appendonly", "no")  # a test server writes nothing to disk
+APPEND_ONLY = ("--save", "", "--appendonly", "yes")  # a restart on the same directory keeps all
 
 
 def _free_port() -> int:
@@ -31,20 +32,23 @@ def _free_port() -> int:
         return port
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start redis-server in ``directory``; returns the process and its URL."""
+def start_redis(
+    directory: Path, port: int | None = None, persistence: tuple[str, ...] = NO_PERSISTENCE
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server in ``directory`` (on ``port``, else a free one); returns the process
+    and its URL. ``persistence``: e.g. ``APPEND_ONLY`` to restart it with its data."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(MISSING, pytrace=False)
     for _ in range(5):
-        port = _free_port()
+        chosen = port or _free_port()
         process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), *NO_PERSISTENCE],
+            [binary, "--bind", "127.0.0.1", "--port", str(chosen), *persistence],
             cwd=directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://127.0.0.1:{chosen}/0"
         client = redis.Redis.from_url(url, socket_timeout=1)
         for _ in range(100):
             if process.poll() is not None:

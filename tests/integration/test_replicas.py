@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import RunningSandbox
-from tests.integration.test_workers import proxy_env, start_workers
+import aiohttp
+import pytest
+
+from proxy.sandbox import STATE
+from tests.conftest import RunningSandbox, SandboxFactory
+from tests.integration.test_workers import Supervised, proxy_env, start_workers, wait_for
 
 __all__ = ["start_workers"]  # the fixture, shared with test_workers.py
 
@@ -60,3 +66,84 @@ async def test_two_run_processes_on_one_sqlite_file_share_a_budget_of_3_exactly(
     first, second = [await start_workers(env=env) for _ in range(2)]
     statuses = [(await (first, second)[i % 2].get(DISC))[0] for i in range(8)]
     assert sorted(statuses) == [200] * 3 + [429] * 5, statuses
+
+
+# -- the token schedule in Redis: one failure budget, one 429 block for every replica ----------
+
+
+def redis_env(
+    sandbox: RunningSandbox, redis_url: str, tmp_path: Path, name: str, **extra: str
+) -> dict[str, str]:
+    """A proxy process on ``redis_url`` with its own state and run directories."""
+    own = tmp_path / name
+    own.mkdir()
+    return proxy_env(
+        sandbox,
+        ASPOSE_PROXY_USAGE_STORE=redis_url,
+        XDG_STATE_HOME=str(own),
+        TMPDIR=str(own),
+        **extra,
+    )
+
+
+async def steady_traffic(proxies: list[Supervised], seconds: float) -> list[int]:
+    """Each proxy gets a request every 0.1 s for ``seconds``; every status."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as client:
+
+        async def one(proxy: Supervised) -> None:
+            while time.monotonic() < deadline:
+                async with client.get(proxy.url + DISC) as response:
+                    await response.read()
+                    statuses.append(response.status)
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one(proxy) for proxy in proxies))
+    return statuses
+
+
+def token_stats(sandbox: RunningSandbox) -> tuple[int, int]:
+    """(token requests, failed ones) the sandbox has seen."""
+    stats = sandbox.app[STATE].stats
+    return stats.token_requests, stats.failed_token_requests
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_with_a_wrong_secret_make_at_most_4_failed_token_requests(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], redis_url: str, tmp_path: Path
+) -> None:
+    wrong = {"ASPOSE_PROXY_CLIENT_SECRET": "a-wrong-secret-of-some-length"}
+    replicas = [
+        await start_workers(env=redis_env(sandbox, redis_url, tmp_path, f"r{i}", **wrong))
+        for i in range(3)
+    ]
+    statuses = await steady_traffic(replicas, 40)
+    assert set(statuses) == {503}
+    requests, failed = token_stats(sandbox)
+    # Alone, each would make 2 in 40 s (at 0 s and 30 s): 6, past Aspose's lockout at 6.
+    assert 1 <= failed <= 4 and requests == failed, (requests, failed)
+    assert sandbox.app[STATE].stats.locked_out_requests == 0
+
+
+async def test_a_429_seen_by_one_replica_keeps_a_replica_started_later_from_asking(
+    sandbox_factory: SandboxFactory,
+    start_workers: Callable[..., Any],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # A failed token request gets 429 Retry-After: 600 (the lockout, from the first one on).
+    sandbox = await sandbox_factory(lockout_threshold=0, lockout_duration=600)
+    wrong = {"ASPOSE_PROXY_CLIENT_SECRET": "a-wrong-secret-of-some-length"}
+    first = await start_workers(env=redis_env(sandbox, redis_url, tmp_path, "first", **wrong))
+    assert await wait_for(lambda: token_stats(sandbox)[0] >= 1)
+    second = await start_workers(env=redis_env(sandbox, redis_url, tmp_path, "second", **wrong))
+    await asyncio.sleep(1)
+    status, _, body = await second.get("/readyz")
+    assert status == 503
+    reason = json.loads(body)["reason"]
+    assert "429" in reason and "no token request before" in reason, reason
+    status, headers, _ = await second.get(DISC)
+    assert status == 503 and 590 <= int(headers["Retry-After"]) <= 600
+    assert token_stats(sandbox)[0] == 1  # the first replica's, and no other
+    assert (await first.get("/readyz"))[0] == 503
