@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from proxy.errors import BudgetExhausted, UsageStoreUnavailable
+from proxy.errors import BudgetExhausted
 from proxy.usage.memory import MemoryLedger
+from proxy.usage.outage import Outage
 from proxy.usage.rules import ANY, Budget, applies
 from proxy.usage.store import Ledger, Row
 
@@ -70,10 +71,12 @@ class Budgets:
         rules: Sequence[Budget],
         ledger: Ledger | None,
         *,
+        outage: Outage | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = tuple(dict.fromkeys(rules))  # an exact duplicate is one pool
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.outage = outage or Outage()
         self.active = bool(self.rules)
         self._clock = clock
         self._pools: dict[tuple[str, str], tuple[Budget, ...]] = {}
@@ -121,10 +124,9 @@ class Budgets:
         try:
             values = await self.ledger.reserve(plan.keys, plan.limits, plan.ttl)
         except Exception as exc:
-            log.warning("budget check failed: usage store unreachable", cause=type(exc).__name__)
-            raise UsageStoreUnavailable(
-                "The usage store that counts this budget cannot be reached.", retry_after=1
-            ) from None
+            raise self.outage.failed(exc) from None
+        if self.outage.down:
+            self.outage.answered()
         if values[0] < 0:
             index = -1 - values[0]
             budget = plan.pools[index]

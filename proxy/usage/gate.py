@@ -21,6 +21,7 @@ from proxy.settings import Settings
 from proxy.usage.budgets import Budgets
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
 from proxy.usage.factory import open_store
+from proxy.usage.outage import Outage
 from proxy.usage.rate_limiter import RateLimiter
 from proxy.usage.rules import ANONYMOUS
 
@@ -35,8 +36,9 @@ class Usage:
     def __init__(self, settings: Settings) -> None:
         self.store = open_store(settings.usage_store, settings.usage_store_password)
         self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
-        self.rates = RateLimiter(settings.rate_limits)
-        self.budgets = Budgets(settings.budgets, self.store.ledger)
+        self.outage = Outage()  # one log line per store outage, for budgets and rates alike
+        self.rates = RateLimiter(settings.rate_limits, self.store.ledger, outage=self.outage)
+        self.budgets = Budgets(settings.budgets, self.store.ledger, outage=self.outage)
         # Without access keys or local clients no request has a name: skip the lookup.
         self.names_clients = bool(settings.access_keys or settings.local_clients)
         self._runner: asyncio.Task[None] | None = None
@@ -59,7 +61,7 @@ class Usage:
             product, kind = attribution
             budgets = usage.budgets  # read once: a reload may swap it while this call is out
             if usage.rates.active:
-                usage.rates.check(client)
+                await usage.rates.check(client)
             reserved: tuple[str, ...] = ()
             if budgets.active:
                 reserved = await budgets.reserve(client, product)
@@ -99,8 +101,8 @@ class Usage:
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
         self.names_clients = bool(settings.access_keys or settings.local_clients)
-        rates = RateLimiter(settings.rate_limits)
-        budgets = Budgets(settings.budgets, self.store.ledger)
+        rates = RateLimiter(settings.rate_limits, self.store.ledger, outage=self.outage)
+        budgets = Budgets(settings.budgets, self.store.ledger, outage=self.outage)
         seeding = asyncio.ensure_future(budgets.seed(self.counter.rows))
 
         def swap(task: asyncio.Task[None]) -> None:
