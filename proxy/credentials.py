@@ -21,7 +21,7 @@ import structlog
 from pydantic import SecretStr
 
 from proxy.log_setup import add_secrets
-from proxy.settings import Settings
+from proxy.settings import Settings, read_secret_file
 
 log = structlog.get_logger("proxy.credentials")
 
@@ -42,11 +42,6 @@ class Credentials:
     @property
     def secret(self) -> str:
         return self.client_secret.get_secret_value()
-
-
-def read_secret_file(path: Path) -> str:
-    """The secret as ``Settings`` reads it: the file's text without the final newline."""
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
 
 
 def _signature(path: Path) -> tuple[str, int, int, int, int] | None:

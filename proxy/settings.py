@@ -29,6 +29,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from proxy.cache.location import check_cache_store
+from proxy.setting_values import (
+    Seconds,
+    WholeSeconds,
+    comma_list,
+    error_example,
+    example,
+    plain_message,
+)
 from proxy.usage.rules import Budget, RateLimit, check_store_url, default_store_url
 
 ENV_PREFIX = "ASPOSE_PROXY_"
@@ -76,35 +84,47 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    client_id: str = Field("", description="Aspose Cloud application client id")
-    client_secret: SecretStr | None = Field(None, description="its secret (env or TOML only)")
+    client_id: str = Field(
+        "",
+        examples=["0a1b2c3d-aaaa-bbbb-cccc-0123456789ab"],
+        description="Aspose Cloud application client id",
+    )
+    client_secret: SecretStr | None = Field(
+        None, examples=["(from a secret store)"], description="its secret (env or TOML only)"
+    )
     client_secret_file: Path | None = Field(
-        None, description="file holding the secret, e.g. /run/secrets/aspose_client_secret"
+        None,
+        examples=["/run/secrets/aspose_client_secret"],
+        description="file holding the secret, e.g. /run/secrets/aspose_client_secret",
     )
     upstream_url: AtStart[str] = Field("https://api.aspose.cloud", description="where requests go")
     token_url: AtStart[str] = Field(
-        "", description="token endpoint (default {upstream_url}/connect/token)"
+        "",
+        examples=["https://id.aspose.cloud/connect/token"],
+        description="token endpoint (default {upstream_url}/connect/token)",
     )
     ca_file: AtStart[Path | None] = Field(
-        None, description="PEM CA certificates trusted for upstream TLS besides the system's"
+        None,
+        examples=["/etc/ssl/certs/corporate-ca.pem"],
+        description="PEM CA certificates trusted for upstream TLS besides the system's",
     )
     host: AtStart[str] = Field("127.0.0.1", description="address to listen on")
     port: AtStart[int] = Field(8080, description="port to listen on, 0 picks a free one")
-    upstream_timeout: AtStart[float] = Field(
+    upstream_timeout: AtStart[Seconds] = Field(
         300.0, gt=0, description="seconds to wait for upstream response headers"
     )
-    connect_timeout: AtStart[float] = Field(
+    connect_timeout: AtStart[Seconds] = Field(
         10.0, gt=0, description="seconds to open an upstream connection"
     )
-    read_timeout: AtStart[float] = Field(
+    read_timeout: AtStart[Seconds] = Field(
         60.0, gt=0, description="longest gap between body chunks, seconds"
     )
-    upstream_keepalive_timeout: AtStart[float] = Field(
+    upstream_keepalive_timeout: AtStart[Seconds] = Field(
         15.0,
         gt=0,
         description="seconds idle upstream connections stay pooled (below load balancers' idle)",
     )
-    token_wait_timeout: AtStart[float] = Field(
+    token_wait_timeout: AtStart[Seconds] = Field(
         5.0, gt=0, description="how long a request waits for a token fetch, seconds"
     )
     body_memory_limit: AtStart[int] = Field(
@@ -114,12 +134,14 @@ class Settings(BaseSettings):
         2048 * MiB, gt=0, description="larger request bodies get 413"
     )
     spool_dir: AtStart[Path | None] = Field(
-        None, description="where spilled bodies go (system temp dir)"
+        None,
+        examples=["/srv/aspose-proxy/spool"],
+        description="where spilled bodies go (system temp dir)",
     )
-    shutdown_grace: AtStart[float] = Field(
+    shutdown_grace: AtStart[Seconds] = Field(
         30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
     )
-    request_header_timeout: AtStart[float] = Field(
+    request_header_timeout: AtStart[Seconds] = Field(
         10.0, gt=0, description="seconds a client has to send a whole request head"
     )
     max_connections_per_client: AtStart[int] = Field(
@@ -132,7 +154,9 @@ class Settings(BaseSettings):
         True, description="answer SDK token requests locally with a placeholder"
     )
     local_clients: AtStart[dict[str, SecretStr]] = Field(
-        default_factory=dict, description="client id -> secret the local endpoint accepts"
+        default_factory=dict,
+        examples=['{"my-app": "a-local-secret-of-16-chars-or-more"}'],
+        description="client id -> secret the local endpoint accepts",
     )
     allow_from: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ALLOW_FROM),
@@ -140,57 +164,78 @@ class Settings(BaseSettings):
     )
     metrics_allow_from: list[str] = Field(
         default_factory=list,
+        examples=["10.42.0.0/16"],
         description="more CIDRs that may read /metrics only (a Prometheus network)",
     )
     access_keys: dict[str, SecretStr] = Field(
-        default_factory=dict, description="client name -> key sent as X-Proxy-Key (env/TOML only)"
+        default_factory=dict,
+        examples=['{"ci-job": "a-key-of-16-characters-or-more"}'],
+        description="client name -> key sent as X-Proxy-Key (env/TOML only)",
     )
     require_client_auth: bool = Field(
         False, description="forward only with a valid X-Proxy-Key or local client token"
     )
     allow_methods: list[str] = Field(
-        default_factory=list, description="HTTP methods forwarded; empty = all"
+        default_factory=list,
+        examples=["GET,PUT"],
+        description="HTTP methods forwarded; empty = all",
     )
     allow_paths: list[str] = Field(
-        default_factory=list, description="path prefixes forwarded, e.g. /v4.0/words/; empty = all"
+        default_factory=list,
+        examples=["/v4.0/words/,/v3.0/pdf/"],
+        description="path prefixes forwarded, e.g. /v4.0/words/; empty = all",
     )
     allow_origins: list[str] = Field(
-        default_factory=list, description="web page origins allowed to call the proxy"
+        default_factory=list,
+        examples=["http://localhost:3000"],
+        description="web page origins allowed to call the proxy",
     )
     allow_hosts: list[str] = Field(
-        default_factory=list, description="Host names answered besides the loopback names"
+        default_factory=list,
+        examples=["aspose-proxy.internal"],
+        description="Host names answered besides the loopback names",
     )
     log_format: AtStart[Literal["json", "console"] | None] = Field(
-        None, description="json (default off a terminal) or console"
+        None, examples=["json"], description="json (default off a terminal) or console"
     )
     log_level: str = Field("info", description="debug, info, warning, error or critical")
-    log_flush_interval: AtStart[float] = Field(
+    log_flush_interval: AtStart[Seconds] = Field(
         1.0, ge=0, description="seconds ordinary log lines may wait to be written in a batch"
     )
     usage_store: AtStart[str] = Field(
         default_factory=default_store_url,
+        examples=["sqlite:///var/lib/aspose-proxy/usage.db"],
         description="where call counts live: sqlite:///path/usage.db, redis://host:port/db or off",
     )
     usage_store_password: AtStart[SecretStr | None] = Field(
-        None, description="the Redis password for usage_store (env or TOML only)"
+        None,
+        examples=["(from a secret store)"],
+        description="the Redis password for usage_store (env or TOML only)",
     )
-    usage_flush_interval: AtStart[float] = Field(
+    usage_flush_interval: AtStart[Seconds] = Field(
         1.0, gt=0, description="seconds call counts wait in memory before a batched write"
     )
     budgets: list[Budget] = Field(
-        default_factory=list, description="call caps: [{client, product, period, calls}]"
+        default_factory=list,
+        examples=['[{"client": "*", "product": "words", "period": "month", "calls": 1000}]'],
+        description="call caps: [{client, product, period, calls}]",
     )
     rate_limits: list[RateLimit] = Field(
-        default_factory=list, description="token buckets: [{client, per_second, burst}]"
+        default_factory=list,
+        examples=['[{"client": "*", "per_second": 5, "burst": 10}]'],
+        description="token buckets: [{client, per_second, burst}]",
     )
     cache_store: AtStart[str] = Field(
         "off",
+        examples=["disk"],
         description="conversion cache: off, disk, file:///absolute/dir or redis://host:port/db",
     )
     cache_store_password: AtStart[SecretStr | None] = Field(
-        None, description="the Redis password for cache_store (env or TOML only)"
+        None,
+        examples=["(from a secret store)"],
+        description="the Redis password for cache_store (env or TOML only)",
     )
-    cache_ttl: AtStart[int] = Field(
+    cache_ttl: AtStart[WholeSeconds] = Field(
         604800, gt=0, description="seconds a cached conversion is served"
     )
     cache_max_size: AtStart[int] = Field(
@@ -261,13 +306,8 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        """A flag's value: a JSON list, or items separated by commas."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        """A flag's or env var's value: a JSON list, or items separated by commas."""
+        return comma_list(value)
 
     @field_validator("allow_from", "metrics_allow_from")
     @classmethod
@@ -331,13 +371,18 @@ class Settings(BaseSettings):
             )
         if self.client_secret_file is not None:
             try:
-                text = self.client_secret_file.read_text(encoding="utf-8")
+                secret = read_secret_file(self.client_secret_file)
             except OSError as exc:
                 raise ValueError(
                     f"client_secret_file: cannot read {self.client_secret_file} "
                     f"({exc.strerror or exc})"
                 ) from None
-            object.__setattr__(self, "client_secret", SecretStr(text.rstrip("\r\n")))
+            if not secret:  # else a rejected token request that counts toward the lockout
+                raise ValueError(
+                    f"client_secret_file: {self.client_secret_file} is empty; write the "
+                    "secret into it, e.g. printf '%s' \"$SECRET\" > FILE"
+                )
+            object.__setattr__(self, "client_secret", SecretStr(secret))
         if not self.token_url:
             object.__setattr__(self, "token_url", f"{self.upstream_url}/connect/token")
         local = self.local_clients and self.local_token_endpoint  # can issue client tokens
@@ -369,6 +414,12 @@ class Settings(BaseSettings):
         return tuple(value for _, value in self.named_secrets)
 
 
+def read_secret_file(path: Path) -> str:
+    """The secret in ``path`` without surrounding whitespace (``echo secret > file`` adds a
+    newline; an editor may add spaces); raises ``OSError``."""
+    return path.read_text(encoding="utf-8").strip()
+
+
 class SettingsError(Exception):
     """Settings could not be loaded; ``problems`` holds one line per problem."""
 
@@ -397,14 +448,41 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError([f"config: {path} is not valid TOML ({exc})"]) from None
 
 
+# Paths in a TOML file are relative to that file, not to wherever the proxy was started.
+_FILE_PATHS = ("client_secret_file", "ca_file")
+
+
+def _relative_to(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    for key in _FILE_PATHS:
+        if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
+            values[key] = str(base / values[key])
+    return values
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' env reading, except that a list of words may be ``a,b`` (not JSON)."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if field.annotation == list[str]:
+                return value  # the field's validator splits it at the commas
+            raise
+
+
 def _read_env() -> dict[str, Any]:
-    """``ASPOSE_PROXY_<KEY>`` (any case) for each setting; lists, maps and models as JSON."""
+    """``ASPOSE_PROXY_<KEY>`` (any case) for each setting; maps and models as JSON."""
     try:
-        return dict(EnvSettingsSource(Settings)())
+        return dict(_EnvSource(Settings)())
     except Exception as exc:  # pydantic-settings' SettingsError: bad JSON in a complex value
         match = re.search(r'field "(\w+)"', str(exc))
         name = match.group(1) if match else "settings"
-        raise SettingsError([f"{name}: not valid JSON (from {ENV_PREFIX}{name.upper()})"]) from None
+        field = Settings.model_fields.get(name)
+        hint = f"; a valid value: {example(field)}" if field is not None else ""
+        raise SettingsError(
+            [f"{name}: not valid JSON (from {ENV_PREFIX}{name.upper()}){hint}"]
+        ) from None
 
 
 def _is_service_link(port: object) -> bool:
@@ -468,7 +546,7 @@ def load_settings(
     layers: list[tuple[dict[str, Any], str]] = []
     path = config_path or os.environ.get(CONFIG_ENV_VAR) or None
     if path:
-        layers.append((_read_toml(Path(path)), str(path)))
+        layers.append((_relative_to(_read_toml(Path(path)), Path(path).parent), str(path)))
     env = _read_env()
     if "port" not in cli:
         if listens:
@@ -507,11 +585,16 @@ def _describe(exc: ValidationError, origins: Mapping[str, str]) -> list[str]:
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         key = str(error["loc"][0]) if error["loc"] else ""
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = plain_message(str(error["msg"]))
         if error["type"] == "extra_forbidden":
-            message = "unknown setting"
+            close = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+            message = f"unknown setting (did you mean {close[0]}?)" if close else "unknown setting"
         if not key and ": " in message:  # model-level checks name their own key
             key, message = message.split(": ", 1)
         where = origins.get(key, "default")
-        lines.append(f"{key or 'settings'}: {message} (from {where})")
+        field = Settings.model_fields.get(key)
+        listed = "one of" in message or error["type"] == "literal_error"  # choices named
+        valid = error_example(field) if field is not None and error["loc"] and not listed else ""
+        hint = f"; a valid value: {valid}" if valid else ""
+        lines.append(f"{key or 'settings'}: {message} (from {where}){hint}")
     return lines

@@ -99,7 +99,7 @@ def test_invalid_cidr_is_a_settings_error_naming_allow_from(bad: str) -> None:
         del os.environ["ASPOSE_PROXY_ALLOW_FROM"]
     (line,) = caught.value.problems
     assert line.startswith("allow_from: ")
-    assert line.endswith("(from ASPOSE_PROXY_ALLOW_FROM)")
+    assert "(from ASPOSE_PROXY_ALLOW_FROM)" in line
 
 
 def test_invalid_cidr_exits_2_with_one_line(

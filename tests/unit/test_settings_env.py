@@ -39,6 +39,7 @@ def test_bad_json_names_the_variable_never_the_value(monkeypatch: pytest.MonkeyP
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert caught.value.problems == [
-        "local_clients: not valid JSON (from ASPOSE_PROXY_LOCAL_CLIENTS)"
+        "local_clients: not valid JSON (from ASPOSE_PROXY_LOCAL_CLIENTS); a valid value: "
+        '{"my-app": "a-local-secret-of-16-chars-or-more"}'
     ]
     assert "s3cr3t" not in str(caught.value)
