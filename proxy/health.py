@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -28,12 +29,19 @@ async def readyz(request: web.Request) -> web.Response:
     ``allow_from`` read why the proxy is not ready."""
     tokens = request.app.get(TOKENS)
     reason = tokens.not_ready_reason if tokens else "starting"
-    if reason is None:
-        return web.json_response({"status": "ready"})
     admits = request.app.get(ADMITS)
-    if reason != "starting" and (admits is None or not admits(request.remote)):
-        reason = GENERIC_REASON
-    return web.json_response({"status": "not ready", "reason": reason}, status=503)
+    admitted = admits is not None and admits(request.remote)
+    answer: dict[str, Any] = {"status": "ready"}
+    if reason is not None:
+        answer = {"status": "not ready", "reason": reason}
+        if reason != "starting" and not admitted:
+            answer["reason"] = GENERIC_REASON
+    if tokens is not None and admitted:
+        # Token request failures or a 429 block, whichever worker or replica met them.
+        standing = tokens.schedule_standing()
+        if standing is not None:
+            answer["token_schedule"] = standing
+    return web.json_response(answer, status=200 if reason is None else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -146,6 +146,18 @@ def _token_html(tokens: TokenCache | None) -> str:
         ("last refresh", f"{_duration(since)} ago" if since is not None else "never"),
         ("last error", escape(tokens.last_error or "none")),
     ]
+    standing = tokens.schedule_standing()  # shared by every worker and replica on the store
+    if standing is not None:
+        failed = f"{standing['failed_token_requests']} of at most {standing['failure_budget']}"
+        rows.append(("failed token requests", f"{failed} in {standing['window_seconds']} s"))
+        if "blocked_until" in standing:
+            rows.append(
+                ("token requests", f'<span class="bad">{escape(standing["blocked_reason"])}</span>')
+            )
+        if "shared_state" in standing:
+            rows.append(
+                ("schedule", f'<span class="bad">{escape(standing["shared_state"])}</span>')
+            )
     return _table(("", ""), rows, show_header=False)
 
 

@@ -93,6 +93,37 @@ class Decision:
     rate_limited: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the schedule says now, whichever worker or replica made it so (issue 17): for
+    ``/readyz`` and ``/_proxy/``. Times are the schedule's clock (wall-clock seconds)."""
+
+    failed: int  # failed token requests in the current window
+    budget: int  # of at most this many
+    window: float
+    blocked_until: float  # a 429's block (0.0: none)
+    reason: str  # the 429's, or ""
+    degraded: bool  # the shared state is out of reach: this process's conservative schedule
+
+    def as_dict(self, clock: Clock) -> dict[str, Any]:
+        """The JSON shape shown to operators."""
+        shown: dict[str, Any] = {
+            "failed_token_requests": self.failed,
+            "failure_budget": self.budget,
+            "window_seconds": round(self.window),
+        }
+        if self.blocked_until > clock():
+            shown["blocked_until"] = wall_time(self.blocked_until, clock)
+            shown["blocked_reason"] = self.reason
+        if self.degraded:
+            shown["shared_state"] = "unreachable: conservative local schedule"
+        return shown
+
+    def notable(self, clock: Clock) -> bool:
+        """Whether anything here is worth showing beside a ready token."""
+        return bool(self.failed or self.degraded or self.blocked_until > clock())
+
+
 class Store(Protocol):
     # True while the store works from a local copy because its shared state is out of reach.
     degraded: bool
@@ -255,6 +286,22 @@ class Schedule:
             ticket = uuid.uuid4().hex
             attempts.append({"id": ticket, "at": now, "fp": fp, "state": "pending"})
             return Decision(True, ticket=ticket)
+
+    def standing(self) -> Standing:
+        """Failures in the window and a 429 block, as the (shared) state holds them now."""
+        now = self._clock()
+        with self.store.transaction() as state:
+            policy = self.policy.conservative if self.store.degraded else self.policy
+            self._prune(state, now)
+            failed = sum(1 for a in state["attempts"] if a["state"] != "pending")
+            return Standing(
+                failed=failed,
+                budget=policy.budget,
+                window=policy.window,
+                blocked_until=state["blocked_until"],
+                reason=state["blocked_reason"],
+                degraded=self.store.degraded,
+            )
 
     def record(
         self,

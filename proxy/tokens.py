@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -138,6 +139,13 @@ class TokenCache:
     def last_error(self) -> str | None:
         """Why the last fetch failed, until one succeeds (never holds a secret)."""
         return self._last_error.reason if self._last_error else None
+
+    def schedule_standing(self) -> dict[str, Any] | None:
+        """The token schedule's failures and 429 block, shared by every worker and replica on
+        the same store, when there is something to see (for ``/readyz`` and ``/_proxy/``)."""
+        standing = self._schedule.standing()
+        clock = self._schedule.now
+        return standing.as_dict(clock) if standing.notable(clock) else None
 
     @property
     def not_ready_reason(self) -> str | None:

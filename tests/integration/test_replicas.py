@@ -11,10 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import SecretStr
 
+from proxy.credentials import Credentials
+from proxy.health import TOKENS
 from proxy.sandbox import STATE
 from tests.conftest import RunningSandbox, SandboxFactory
-from tests.integration.conftest import ProxyFactory
+from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.test_workers import Supervised, proxy_env, start_workers, wait_for
 
 __all__ = ["start_workers"]  # the fixture, shared with test_workers.py
@@ -142,8 +145,9 @@ async def test_a_429_seen_by_one_replica_keeps_a_replica_started_later_from_aski
     await asyncio.sleep(1)
     status, _, body = await second.get("/readyz")
     assert status == 503
-    reason = json.loads(body)["reason"]
-    assert "429" in reason and "no token request before" in reason, reason
+    ready = json.loads(body)
+    assert "429" in ready["reason"] and "no token request before" in ready["reason"], ready
+    assert "429" in ready["token_schedule"]["blocked_reason"]  # the shared block, named
     status, headers, _ = await second.get(DISC)
     assert status == 503 and 590 <= int(headers["Retry-After"]) <= 600
     assert token_stats(sandbox)[0] == 1  # the first replica's, and no other
@@ -173,3 +177,27 @@ async def test_two_proxies_share_one_rate_limit_bucket(
     passed = statuses.count(200)
     # A burst of 10 and 0.2 per second for the few seconds this takes: 10 or 11, not 20.
     assert 10 <= passed <= 11 and statuses.count(429) == 40 - passed, statuses
+
+
+async def test_readyz_and_the_status_page_show_a_failure_another_replica_met(
+    sandbox: RunningSandbox, proxy_factory: ProxyFactory, redis_url: str
+) -> None:
+    rotating, other = [await proxy_factory(usage_store=redis_url) for _ in range(2)]
+    for proxy in (rotating, other):
+        assert (await get_json(proxy, "/readyz")) == (200, {"status": "ready"})
+    # A mistyped rotation on one replica: one failed token request, in the shared schedule.
+    tokens = rotating.server.runner.app[TOKENS]
+    tokens.set_credentials(Credentials("demo", SecretStr("a-mistyped-secret-rotation")), "test")
+    assert await wait_for(lambda: token_stats(sandbox)[1] == 1)
+    status, ready = await get_json(other, "/readyz")
+    assert status == 200 and ready["status"] == "ready"  # its own token still serves
+    assert ready["token_schedule"]["failed_token_requests"] == 1
+    assert ready["token_schedule"]["failure_budget"] == 4
+    async with other.client.get(other.url + "/_proxy/") as response:
+        page = await response.text()
+    assert "1 of at most 4" in page
+
+
+async def get_json(proxy: RunningProxy, path: str) -> tuple[int, dict[str, Any]]:
+    async with proxy.client.get(proxy.url + path) as response:
+        return response.status, await response.json()
