@@ -25,7 +25,13 @@ from proxy.metrics import Metrics
 from proxy.replay import send_with_token
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
-from proxy.upstream import UpstreamTarget, is_stale_connection, iter_body, map_client_error
+from proxy.upstream import (
+    UpstreamTarget,
+    is_stale_connection,
+    iter_body,
+    map_client_error,
+    never_sent,
+)
 
 log = structlog.get_logger("proxy.forward")
 
@@ -174,6 +180,7 @@ class Forwarder:
             elif not data and "Content-Length" not in in_headers:
                 data = None  # a chunked upload of nothing: send no body at all
         method = request.method
+        exchange = request[EXCHANGE]
         idempotent = method in IDEMPOTENT_METHODS
         session = self._session
         loop = self._loop
@@ -196,11 +203,14 @@ class Forwarder:
                         payload = tee.chunks()
                 out = outbound_request_headers(in_headers, token) + length
                 started = loop.time()
+                exchange.sent_upstream = True  # a client hanging up from here on still pays
                 try:
                     response = await session.request(
                         method, url, headers=out, data=payload, allow_redirects=False
                     )
                 except (aiohttp.ClientError, TimeoutError) as exc:
+                    if sends == 1 and never_sent(exc):
+                        exchange.sent_upstream = False  # no connection: not a call
                     if body.failure is not None:  # the client's side broke, or the spool
                         raise body.failure from None
                     if is_stale_connection(exc):

@@ -206,7 +206,7 @@ class _CallsCollector(Collector):
     def _family() -> CounterMetricFamily:
         return CounterMetricFamily(
             "aspose_proxy_calls",
-            "Calls the upstream answered (one per forwarded request, replays included), "
+            "Calls sent upstream, answered or not (one per forwarded request, replays included), "
             "by client, product, kind (api or storage) and status class.",
             labels=("client", "product", "kind", "status_class"),
         )

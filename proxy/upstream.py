@@ -143,6 +143,12 @@ def is_stale_connection(exc: BaseException) -> bool:
     )
 
 
+def never_sent(exc: BaseException) -> bool:
+    """No connection was made (refused, unreachable, TLS handshake failed, connect timeout):
+    the request never left the proxy, so it is no call (issue 16)."""
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
 def describe_tls_error(exc: aiohttp.ClientSSLError) -> str:
     """What failed in the TLS handshake, e.g. ``certificate verify failed: self-signed
     certificate in certificate chain`` (OpenSSL's words; no secrets in them)."""

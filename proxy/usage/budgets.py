@@ -4,7 +4,8 @@ The rules are immutable and built once (a SIGHUP builds new ones); what they cou
 ledger: the store's when it is shared (SQLite: one transaction per reservation; Redis: one
 atomic script), else this process's memory, seeded from the store at start so a restart does
 not refill a budget.
-A reservation is taken before the request is forwarded and given back when no answer came.
+A reservation is taken before the request is forwarded and given back when it never left the
+proxy (refused, no connection to upstream).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Budgets:
         """Reserve one call in every budget that applies, or raise ``BudgetExhausted``.
 
         Returns the reserved keys (empty when no budget applies): give them back with
-        ``release`` if the request gets no answer.
+        ``release`` if the request never leaves the proxy.
         """
         now = self._clock()
         plan = self._plans.get((client, product), _UNPLANNED)
@@ -160,7 +161,7 @@ class Budgets:
         return any(value >= budget.calls for value, budget in zip(used, pools, strict=True))
 
     def release(self, keys: tuple[str, ...]) -> None:
-        """Give a reservation back (the request got no answer); never blocks the caller."""
+        """Give a reservation back (the request never left the proxy); never blocks the caller."""
         task = asyncio.ensure_future(self._release(keys))
         self._giving_back.add(task)
         task.add_done_callback(self._giving_back.discard)

@@ -1,5 +1,8 @@
 """The accounting step around the forwarder: rate limit and budget before, count after.
 
+A request is a call once its head was sent upstream (answered or not, its client still there
+or not); only one that never left the proxy gives its budget reservation back.
+
 It wraps only the forwarding route, so the proxy's own answers (probes, the status page, the
 local token endpoint, every refusal) are never calls. It runs after the access guards (the
 client is known) and before the forwarder reads the body (a refused upload costs nothing).
@@ -16,7 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.bounded_cache import BoundedCache
-from proxy.exchange import EXCHANGE
+from proxy.errors import ProxyError
+from proxy.exchange import CLIENT_CLOSED, EXCHANGE, Exchange
 from proxy.settings import Settings
 from proxy.usage.budgets import Budgets
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
@@ -28,6 +32,21 @@ from proxy.usage.rules import ANONYMOUS
 log = structlog.get_logger("proxy.usage")
 
 CLASSIFIED_MAX = 4096
+
+
+def charged_status(exchange: Exchange, failure: BaseException) -> int | None:
+    """The status a request that ended in ``failure`` is counted with, or None: no call.
+
+    A request counts, and keeps its budget reservation, as soon as its head was sent
+    upstream (issue 16: Aspose bills what it received, answered or not): with upstream's
+    status when it answered, else the proxy's own (502, 504) or 499 for a client that hung
+    up. Only a request that never left the proxy gives its reservation back.
+    """
+    if exchange.upstream_status is not None:
+        return exchange.upstream_status
+    if not exchange.sent_upstream:
+        return None
+    return failure.status if isinstance(failure, ProxyError) else CLIENT_CLOSED
 
 
 class Usage:
@@ -67,12 +86,12 @@ class Usage:
                 reserved = await budgets.reserve(client, product)
             try:
                 response = await forward(request)
-            except BaseException:
-                status = exchange.upstream_status
-                if status is not None:  # upstream answered, then the client left: a call
+            except BaseException as exc:
+                status = charged_status(exchange, exc)
+                if status is not None:  # it left the proxy: a call, answered or not
                     key = (client, product, kind, classes[status // 100 % 10])
                     totals[key] = totals.get(key, 0) + 1
-                elif reserved:
+                elif reserved:  # it never left (refused, no connection): not a call
                     budgets.release(reserved)
                 raise
             if exchange.cached:  # answered by the conversion cache: not a call (issue 19)

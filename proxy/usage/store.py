@@ -76,7 +76,7 @@ class Ledger(Protocol):
         ...
 
     async def release(self, keys: Sequence[str]) -> None:
-        """Give back a reservation whose request never got an answer."""
+        """Give back a reservation whose request never left the proxy."""
         ...
 
     async def seed(self, key: str, value: int, ttl: int) -> None:

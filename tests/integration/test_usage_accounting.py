@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from yarl import URL
 
 from proxy.reload import reload
@@ -18,6 +19,7 @@ from proxy.usage.budgets import period_bounds
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy, proxy_settings
 from tests.integration.rawhttp import open_to, read_head
+from tests.integration.test_failures import free_port
 
 DISC = "/v4.0/words/storage/disc"
 ECHO = "/v4.0/sandbox/echo/x"
@@ -119,16 +121,53 @@ async def test_the_proxys_own_answers_are_not_calls(proxy_factory: ProxyFactory)
     assert calls(await usage(proxy)) == {}
 
 
-async def test_no_answer_is_no_call_and_its_budget_reservation_is_given_back(
+async def test_a_request_that_never_left_gives_its_budget_reservation_back(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    budgets = [{"client": "anonymous", "product": "words", "period": "day", "calls": 1}]
+    down = await proxy_factory(  # nothing listens upstream: no connection, nothing sent
+        f"http://127.0.0.1:{free_port()}",
+        token_url=f"{sandbox.url}/connect/token",
+        budgets=budgets,
+    )
+    assert (await get(down, DISC))[0] == 502
+    assert (await get(down, DISC))[0] == 502  # not 429: the reservation was given back
+    assert calls(await usage(down)) == {}
+
+
+async def test_a_timeout_after_the_head_was_sent_is_charged(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox
 ) -> None:
     budgets = [{"client": "anonymous", "product": "words", "period": "day", "calls": 1}]
     proxy = await proxy_factory(upstream_timeout=0.3, budgets=budgets)
     await sandbox.api_fault(delay=2, count=1)
-    assert (await get(proxy, DISC))[0] == 504  # upstream never answered in time
-    assert (await get(proxy, DISC))[0] == 200  # so the one call of the budget is still there
-    assert (await get(proxy, DISC))[0] == 429
-    assert calls(await usage(proxy)) == {("anonymous", "words", "storage"): (1, 0)}
+    assert (await get(proxy, DISC))[0] == 504  # upstream got it, and never answered in time
+    assert (await get(proxy, DISC))[0] == 429  # the call was made: the budget is spent
+    assert calls(await usage(proxy)) == {("anonymous", "words", "storage"): (1, 1)}
+
+
+async def test_clients_that_hang_up_still_spend_the_budget(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+) -> None:
+    """Budget 2; eight clients in turn give up after 0.5 s on an endpoint that answers after
+    2 s: the first two reach upstream and are charged, the other six get 429 (issue 16: all
+    eight reached upstream and the budget showed 0 used)."""
+    budgets = [{"client": "*", "product": "*", "period": "day", "calls": 2}]
+    proxy = await proxy_factory(budgets=budgets)
+    await sandbox.api_fault(delay=2)
+    outcomes = []
+    for _ in range(8):
+        try:
+            timeout = aiohttp.ClientTimeout(total=0.5)
+            async with proxy.client.get(proxy.url + DISC, timeout=timeout) as response:
+                outcomes.append(response.status)
+        except TimeoutError:
+            outcomes.append("gave up")
+    assert outcomes == ["gave up"] * 2 + [429] * 6
+    assert (await sandbox.stats())["api_requests"] == 2
+    report = await usage(proxy)
+    assert report["budgets"][0]["used"] == 2
+    assert calls(report) == {("anonymous", "words", "storage"): (2, 2)}
 
 
 async def test_an_encoded_or_capitalised_product_counts_against_its_budget(
