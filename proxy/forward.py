@@ -149,7 +149,10 @@ class Forwarder:
                 if ticket is None or ticket.fill is None:  # a fill releases it when done
                     upstream.release()
         finally:
-            body.close()
+            if ticket is not None and ticket.fill is not None:
+                ticket.fill.after(body.close)  # upstream may still read it while it answers
+            else:
+                body.close()
             if cache is not None and ticket is not None:
                 cache.done(ticket)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.cache.step import CACHE, ConversionCache
 from proxy.errors import BadRequest, NotFound, UsageStoreUnavailable
 from proxy.health import METRICS, TOKENS
 from proxy.metrics import Metrics
@@ -119,6 +120,7 @@ async def status_page(upstream: str, request: web.Request) -> web.Response:
         token=_token_html(app.get(TOKENS)),
         traffic=_traffic_html(app[TRAFFIC]),
         budgets=_budgets_html(day["budgets"]),
+        cache=_cache_html(app.get(CACHE), day["rows"]),
         today=_calls_html(day["rows"]),
         month=_calls_html(month["rows"]),
     )
@@ -197,21 +199,42 @@ def _budgets_html(budgets: list[dict[str, Any]]) -> str:
     return _table(("client", "product", "period", "", "used", ""), rows, numeric=4, wide=3)
 
 
+def _cache_html(cache: ConversionCache | None, rows: list[dict[str, Any]]) -> str:
+    """Today's hit ratio (this process) and the calls, so credits, the cache saved (every
+    process writing to the usage store)."""
+    if cache is None:
+        return '<p class="muted">Off (cache_store = "off").</p>'
+    hits, misses = cache.today()
+    looked_up = hits + misses
+    ratio = f"{hits / looked_up:.0%}" if looked_up else "—"
+    saved = sum(row.get("cached", 0) for row in rows)
+    tiles = (
+        f'<div><div class="big">{ratio}</div><div class="muted">hit ratio today '
+        f"({hits} hits, {misses} misses)</div></div>"
+        f'<div><div class="big">{saved}</div><div class="muted">calls (credits) saved '
+        f"today</div></div>"
+        f'<div><div class="big">{cache.stats.entries}</div><div class="muted">entries, '
+        f"{cache.stats.bytes / 1048576:.1f} MiB in {escape(cache.store.description)}</div></div>"
+    )
+    return f'<div class="tiles">{tiles}</div>'
+
+
 def _calls_html(rows: list[dict[str, Any]]) -> str:
     by_pair: dict[tuple[str, str], list[int]] = {}
     for row in rows:
-        entry = by_pair.setdefault((row["client"], row["product"]), [0, 0])
+        entry = by_pair.setdefault((row["client"], row["product"]), [0, 0, 0])
         entry[0] += row["calls"]
         entry[1] += row["errors"]
+        entry[2] += row.get("cached", 0)
     if not by_pair:
         return '<p class="muted">No calls yet.</p>'
     lines = [
-        (escape(client), escape(product), str(calls), str(errors))
-        for (client, product), (calls, errors) in sorted(by_pair.items())
+        (escape(client), escape(product), *(str(n) for n in counts))
+        for (client, product), counts in sorted(by_pair.items())
     ]
-    total = (sum(c for c, _ in by_pair.values()), sum(e for _, e in by_pair.values()))
-    lines.append(("<b>total</b>", "", f"<b>{total[0]}</b>", f"<b>{total[1]}</b>"))
-    return _table(("client", "product", "calls", "errors"), lines, numeric=2)
+    total = [sum(counts[i] for counts in by_pair.values()) for i in range(3)]
+    lines.append(("<b>total</b>", "", *(f"<b>{n}</b>" for n in total)))
+    return _table(("client", "product", "calls", "errors", "cached"), lines, numeric=2)
 
 
 def _table(

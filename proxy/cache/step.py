@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -53,6 +53,10 @@ NOT_STORED = frozenset(
 )
 STATS_REFRESH = 30.0  # seconds between the Redis store's gauges updates
 _END = object()
+
+
+def _utc_day() -> int:
+    return int(time.time() // 86400)
 
 
 def stored_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -110,11 +114,33 @@ class ConversionCache:
             ["result"],
             registry=metrics.registry,
         )
-        self.count_hit = requests.labels("hit").inc
-        self.count_miss = requests.labels("miss").inc
+        self._count_hit = requests.labels("hit").inc
+        self._count_miss = requests.labels("miss").inc
         self.count_bypass = requests.labels("bypass").inc
+        self._day = _utc_day()
+        self._hits_today = self._misses_today = 0
         metrics.registry.register(_CacheCollector(self))
         self._fills: set[asyncio.Task[bool]] = set()
+
+    def count_hit(self) -> None:
+        self._count_hit()
+        self._roll()
+        self._hits_today += 1
+
+    def count_miss(self) -> None:
+        self._count_miss()
+        self._roll()
+        self._misses_today += 1
+
+    def _roll(self) -> None:
+        day = _utc_day()
+        if day != self._day:
+            self._day, self._hits_today, self._misses_today = day, 0, 0
+
+    def today(self) -> tuple[int, int]:
+        """Hits and misses of this process since 00:00 UTC (the status page's ratio)."""
+        self._roll()
+        return self._hits_today, self._misses_today
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """``cleanup_ctx``: open the store, keep its gauges fresh, let fills finish at exit."""
@@ -203,8 +229,12 @@ class ConversionCache:
         return hit
 
     def done(self, ticket: Ticket) -> None:
-        """The request is over: a leader that started no fill tells its waiters to forward."""
-        if ticket.leading and ticket.fill is None and ticket.key is not None:
+        """The request is over (answered, failed or cancelled: its client left): its fill
+        stops queueing for it and finishes alone; a leader that started no fill tells its
+        waiters to forward."""
+        if ticket.fill is not None:
+            ticket.fill.abandon()
+        elif ticket.leading and ticket.key is not None:
             self.flights.land(ticket.key, stored=False)
 
     async def answer(
@@ -271,6 +301,16 @@ class Fill:
     upstream: aiohttp.ClientResponse
     queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(maxsize=8))
     gone: bool = False
+    finished: bool = False
+    _after: list[Callable[[], None]] = field(default_factory=list)
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the fill is over (now if it is): the request body must live
+        until then, since upstream may still be reading it while it answers."""
+        if self.finished:
+            callback()
+        else:
+            self._after.append(callback)
 
     async def run(self, chunks: AsyncIterator[bytes]) -> bool:
         cache, stored, failure = self.cache, False, None
@@ -318,6 +358,9 @@ class Fill:
                 with contextlib.suppress(Exception):
                     await writer.abort()
             self.upstream.release()
+            self.finished = True
+            for callback in self._after:
+                callback()
             if self.leading:
                 cache.flights.land(self.key, stored)
             if not self.gone:

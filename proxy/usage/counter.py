@@ -53,10 +53,11 @@ class UsageCounter:
     ) -> None:
         self.totals: dict[Key, int] = {}
         # Requests answered by the conversion cache (not calls), per (client, product, kind),
-        # since this process started.
+        # cumulative since start, written to the store with the calls (issue 19).
         self.cached: dict[tuple[str, str, str], int] = {}
         self.store = store
         self._written: dict[Key, int] = {}
+        self._written_cached: dict[tuple[str, str, str], int] = {}
         self._interval = flush_interval
         self._clock = clock
         self._lock = asyncio.Lock()  # a read never sees a batch both in the store and pending
@@ -68,39 +69,49 @@ class UsageCounter:
         self.totals[key] = self.totals.get(key, 0) + 1
 
     def count_cached(self, client: str, product: str, kind: str) -> None:
+        """Count one request answered by the conversion cache (not a call)."""
         key = (client, product, kind)
         self.cached[key] = self.cached.get(key, 0) + 1
 
-    def _pending(self, snapshot: dict[Key, int]) -> dict[tuple[str, str, str], tuple[int, int]]:
+    def _pending(
+        self, snapshot: dict[Key, int], cached: dict[tuple[str, str, str], int]
+    ) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+        """(calls, errors, cached) grown since the last write, per (client, product, kind)."""
         written = self._written
-        pending: dict[tuple[str, str, str], tuple[int, int]] = {}
+        pending: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         for key, total in snapshot.items():
             grown = total - written.get(key, 0)
             if grown:
                 short = key[:3]
-                calls, errors = pending.get(short, (0, 0))
+                calls, errors, hits = pending.get(short, (0, 0, 0))
                 pending[short] = (
                     calls + grown,
                     errors + (grown if key[3] in ERROR_CLASSES else 0),
+                    hits,
                 )
+        for short, total in cached.items():
+            grown = total - self._written_cached.get(short, 0)
+            if grown:
+                calls, errors, hits = pending.get(short, (0, 0, 0))
+                pending[short] = (calls, errors, hits + grown)
         return pending
 
     async def flush(self) -> None:
         """Write what was counted since the last write, as one batch of the current hour."""
         async with self._lock:
-            snapshot = dict(self.totals)
-            pending = self._pending(snapshot)
+            snapshot, cached = dict(self.totals), dict(self.cached)
+            pending = self._pending(snapshot, cached)
             if not pending:
                 return
             hour = current_hour(self._clock())
             await self.store.add({(hour, *key): value for key, value in pending.items()})
-            self._written = snapshot
+            self._written, self._written_cached = snapshot, cached
 
     async def rows(self, since_hour: int) -> list[Row]:
         """The store's rows since ``since_hour`` plus this process's calls not yet written."""
         async with self._lock:
             stored = await self.store.rows(since_hour)
-            return merge(stored, self._pending(dict(self.totals)))
+            return merge(stored, self._pending(dict(self.totals), dict(self.cached)))
 
     async def run(self) -> None:
         """Flush every interval, forever; a failed write is logged once and retried."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, merge
+from proxy.usage.store import Batch, Bucket, Ledger, Row, merge, three
 
 
 class MemoryStore:
@@ -15,7 +15,7 @@ class MemoryStore:
     description = "off (this process's memory only)"
 
     def __init__(self) -> None:
-        self._hours: dict[tuple[int, str, str, str], tuple[int, int]] = {}
+        self._hours: dict[tuple[int, str, str, str], tuple[int, int, int]] = {}
 
     @property
     def ledger(self) -> Ledger | None:
@@ -25,9 +25,10 @@ class MemoryStore:
         pass
 
     async def add(self, batch: Batch) -> None:
-        for key, (calls, errors) in batch.items():
-            before = self._hours.get(key, (0, 0))
-            self._hours[key] = (before[0] + calls, before[1] + errors)
+        for key, counts in batch.items():
+            calls, errors, cached = three(counts)
+            before = self._hours.get(key, (0, 0, 0))
+            self._hours[key] = (before[0] + calls, before[1] + errors, before[2] + cached)
 
     async def rows(self, since_hour: int) -> list[Row]:
         rows = [Row(k[1], k[2], k[3], *v) for k, v in self._hours.items() if k[0] >= since_hour]

@@ -13,12 +13,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, current_hour
+from proxy.usage.store import Batch, Bucket, Ledger, Row, current_hour, three
 
 PREFIX = "aspose-proxy:"
 HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
 TIMEOUT = 2.0  # seconds: a slow Redis never holds a request long
 SEP = "\t"
+COUNTS = ("calls", "errors", "cached")  # hash field prefixes
 
 # KEYS: the pools' counters; ARGV[1]: ttl; ARGV[1 + i]: the limit of KEYS[i].
 RESERVE = """
@@ -90,13 +91,12 @@ class RedisStore:
 
     async def add(self, batch: Batch) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            for (hour, client, product, kind), (calls, errors) in batch.items():
+            for (hour, client, product, kind), counts in batch.items():
                 key = f"{PREFIX}usage:{hour}"
                 field = SEP.join((client, product, kind))
-                if calls:
-                    pipe.hincrby(key, f"calls{SEP}{field}", calls)
-                if errors:
-                    pipe.hincrby(key, f"errors{SEP}{field}", errors)
+                for what, value in zip(COUNTS, three(counts), strict=True):
+                    if value:
+                        pipe.hincrby(key, f"{what}{SEP}{field}", value)
                 pipe.expire(key, HOUR_TTL)
             await pipe.execute()
 
@@ -111,9 +111,9 @@ class RedisStore:
             for field, value in answer.items():
                 what, _, key = field.partition(SEP)
                 client, product, kind = key.split(SEP, 2)
-                entry = sums.setdefault((client, product, kind), [0, 0])
-                entry[0 if what == "calls" else 1] += int(value)
-        return sorted(Row(*key, calls, errors) for key, (calls, errors) in sums.items())
+                entry = sums.setdefault((client, product, kind), [0, 0, 0])
+                entry[COUNTS.index(what)] += int(value)
+        return sorted(Row(*key, *counts) for key, counts in sums.items())
 
     async def close(self) -> None:
         await self._client.aclose()

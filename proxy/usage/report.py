@@ -52,6 +52,7 @@ async def usage_report(
                 "kind": row.kind,
                 "calls": row.calls,
                 "errors": row.errors,
+                "cached": row.cached,
             }
             for row in rows
         ],
@@ -63,12 +64,11 @@ def render_table(report: dict[str, Any]) -> str:
     """The report as aligned plain-text tables, for a terminal."""
     when = "today" if report["period"] == "day" else "this month"
     lines = [f"Calls {when} (since {report['since']}, UTC)", ""]
-    header = ("client", "product", "kind", "calls", "errors")
+    header = ("client", "product", "kind", "calls", "errors", "cached")
     body = [tuple(str(row[c]) for c in header) for row in report["rows"]]
     if body:
-        total_calls = sum(row["calls"] for row in report["rows"])
-        total_errors = sum(row["errors"] for row in report["rows"])
-        body.append(("total", "", "", str(total_calls), str(total_errors)))
+        totals = (str(sum(row[c] for row in report["rows"])) for c in header[3:])
+        body.append(("total", "", "", *totals))
         lines += _table(header, body, numeric=3)
     else:
         lines.append("no calls yet")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row
+from proxy.usage.store import Batch, Bucket, Ledger, Row, three
 
 T = TypeVar("T")
 
@@ -30,14 +30,19 @@ CREATE TABLE IF NOT EXISTS usage (
     kind TEXT NOT NULL,
     calls INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
+    cached INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, client, product, kind)
 ) WITHOUT ROWID
 """
 UPSERT = """
-INSERT INTO usage (hour, client, product, kind, calls, errors) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO usage (hour, client, product, kind, calls, errors, cached)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (hour, client, product, kind)
-DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors
+DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
+    cached = cached + excluded.cached
 """
+# A file written before issue 19 has no ``cached`` column: added on open.
+ADD_CACHED = "ALTER TABLE usage ADD COLUMN cached INTEGER NOT NULL DEFAULT 0"
 # Budget counters and token buckets shared by every process on this file (wall-clock times).
 LEDGER_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, value INTEGER NOT NULL, "
@@ -46,7 +51,7 @@ LEDGER_SCHEMA = (
     "stamp REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
 )
 SELECT = """
-SELECT client, product, kind, SUM(calls), SUM(errors) FROM usage WHERE hour >= ?
+SELECT client, product, kind, SUM(calls), SUM(errors), SUM(cached) FROM usage WHERE hour >= ?
 GROUP BY client, product, kind
 """
 
@@ -79,16 +84,19 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         db.execute(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+        if "cached" not in columns:
+            db.execute(ADD_CACHED)
         for statement in LEDGER_SCHEMA:
             db.execute(statement)
         db.commit()
         self._db = db
 
     async def add(self, batch: Batch) -> None:
-        rows = [(*key, calls, errors) for key, (calls, errors) in batch.items()]
+        rows = [(*key, *three(counts)) for key, counts in batch.items()]
         await self._run(lambda: self._add(rows))
 
-    def _add(self, rows: list[tuple[int, str, str, str, int, int]]) -> None:
+    def _add(self, rows: list[tuple[int, str, str, str, int, int, int]]) -> None:
         if self._db is None:
             self._open()  # it failed at start (say, a directory made writable since)
         assert self._db is not None

@@ -15,8 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# (hour since the epoch, client, product, kind) -> (calls, errors)
-Batch = Mapping[tuple[int, str, str, str], tuple[int, int]]
+# (calls, errors) or (calls, errors, cached): ``cached`` counts the requests the conversion
+# cache answered (issue 19), which are not calls.
+Counts = tuple[int, int] | tuple[int, int, int]
+# (hour since the epoch, client, product, kind) -> counts
+Batch = Mapping[tuple[int, str, str, str], Counts]
+
+
+def three(counts: Counts) -> tuple[int, int, int]:
+    """(calls, errors, cached) of either shape."""
+    return (counts[0], counts[1], counts[2] if len(counts) > 2 else 0)
 
 
 def current_hour(now: float | None = None) -> int:
@@ -33,6 +41,7 @@ class Row:
     kind: str
     calls: int
     errors: int
+    cached: int = 0  # answered by the conversion cache: not calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +121,16 @@ class UsageStore(Protocol):
     async def close(self) -> None: ...
 
 
-def merge(rows: Sequence[Row], extra: Mapping[tuple[str, str, str], tuple[int, int]]) -> list[Row]:
+def _add(one: tuple[int, int, int], two: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (one[0] + two[0], one[1] + two[1], one[2] + two[2])
+
+
+def merge(rows: Sequence[Row], extra: Mapping[tuple[str, str, str], Counts]) -> list[Row]:
     """``rows`` plus counts not yet written, one row per (client, product, kind), sorted."""
-    sums: dict[tuple[str, str, str], tuple[int, int]] = {}
+    sums: dict[tuple[str, str, str], tuple[int, int, int]] = {}
     for row in rows:
-        calls, errors = sums.get((row.client, row.product, row.kind), (0, 0))
-        sums[(row.client, row.product, row.kind)] = (calls + row.calls, errors + row.errors)
-    for key, (calls, errors) in extra.items():
-        before = sums.get(key, (0, 0))
-        sums[key] = (before[0] + calls, before[1] + errors)
-    return sorted(Row(*key, *value) for key, value in sums.items() if value[0] or value[1])
+        key = (row.client, row.product, row.kind)
+        sums[key] = _add(sums.get(key, (0, 0, 0)), (row.calls, row.errors, row.cached))
+    for key, counts in extra.items():
+        sums[key] = _add(sums.get(key, (0, 0, 0)), three(counts))
+    return sorted(Row(*key, *value) for key, value in sums.items() if any(value))

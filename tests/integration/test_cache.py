@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from pydantic import SecretStr
 
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import ProxyFactory, RunningProxy
@@ -242,3 +243,98 @@ async def test_cache_stats_says_when_the_cache_is_off() -> None:
     code, _, err = await run_cli("cache", "stats", env={"ASPOSE_PROXY_CACHE_STORE": "off"})
     assert code == 1
     assert "cache_store is off" in err
+
+
+async def test_a_hit_is_not_charged_to_a_budget_and_is_counted_as_cached(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    budget = [{"client": "*", "product": "words", "period": "day", "calls": 2}]
+    proxy = await proxy_factory(
+        **disk(tmp_path), budgets=budget, usage_store=f"sqlite://{tmp_path / 'u.db'}"
+    )
+    for expected in ("MISS", "HIT", "HIT", "HIT"):
+        status, headers, _ = await put(proxy)
+        assert (status, headers["X-Cache"]) == (200, expected)
+    status, _, _ = await put(proxy, body=b"another document")
+    assert status == 200  # the budget's second call: the hits took nothing
+    status, _, _ = await put(proxy, body=b"a third document")
+    assert status == 429
+    async with proxy.client.get(proxy.url + "/_proxy/usage") as response:
+        (row,) = (await response.json())["rows"]
+    assert (row["calls"], row["cached"]) == (2, 3)
+    async with proxy.client.get(proxy.url + "/_proxy/") as response:
+        page = await response.text()
+    assert "calls (credits) saved" in page
+    assert '<div class="big">3</div><div class="muted">calls (credits) saved' in page
+
+
+async def test_cache_metrics_count_hits_misses_bypasses_and_entries(
+    proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await put(proxy)
+    await put(proxy)
+    await put(proxy, CONVERT + "&outPath=x.pdf")
+    async with proxy.client.get(proxy.url + "/metrics") as response:
+        text = await response.text()
+    for line in (
+        'aspose_proxy_cache_requests_total{result="hit"} 1.0',
+        'aspose_proxy_cache_requests_total{result="miss"} 1.0',
+        'aspose_proxy_cache_requests_total{result="bypass"} 1.0',
+        "aspose_proxy_cache_entries 1.0",
+        "aspose_proxy_cache_evictions_total 0.0",
+    ):
+        assert line in text
+    assert "aspose_proxy_cache_bytes " in text
+
+
+async def test_an_answer_is_stored_even_when_its_client_leaves_mid_body(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    big = bytes(range(256)) * 32768  # 8 MiB: far more than one read of the client
+    async with proxy.client.put(proxy.url + CONVERT, data=big) as response:
+        assert response.headers["X-Cache"] == "MISS"
+        await response.content.readany()
+        response.close()  # the client goes away with most of the body unread
+    _, headers, body = await put(proxy, body=big)
+    assert headers["X-Cache"] == "HIT"
+    assert len(body) == int(headers["Content-Length"]) > len(big)
+    assert await conversions(sandbox) == 1
+
+
+async def test_entries_expire_after_cache_ttl(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path), cache_ttl=1)
+    await put(proxy)
+    await asyncio.sleep(1.5)
+    _, headers, _ = await put(proxy)
+    assert headers["X-Cache"] == "MISS"
+    assert await conversions(sandbox) == 2
+
+
+async def test_cache_max_size_evicts_the_least_recently_used(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    entry = len(DOC) + 600  # an answer and its metadata, roughly
+    proxy = await proxy_factory(**disk(tmp_path), cache_max_size=int(entry * 2.5))
+    one, two, three = DOC + b"1", DOC + b"2", DOC + b"3"
+    await put(proxy, body=one)
+    await put(proxy, body=two)
+    await put(proxy, body=one)  # one is now the most recently used
+    await put(proxy, body=three)  # over the size: two goes
+    assert (await put(proxy, body=one))[1]["X-Cache"] == "HIT"
+    assert (await put(proxy, body=two))[1]["X-Cache"] == "MISS"
+
+
+async def test_cache_scope_client_keeps_clients_apart(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    keys = {"ci": SecretStr("ci-key-0123456789abcdef"), "web": SecretStr("web-key-0123456789abc")}
+    shared = await proxy_factory(**disk(tmp_path / "shared"), access_keys=keys)
+    apart = await proxy_factory(**disk(tmp_path / "apart"), access_keys=keys, cache_scope="client")
+    for proxy, second in ((shared, "HIT"), (apart, "MISS")):
+        await put(proxy, **{"X-Proxy-Key": "ci-key-0123456789abcdef"})
+        _, headers, _ = await put(proxy, **{"X-Proxy-Key": "web-key-0123456789abc"})
+        assert headers["X-Cache"] == second

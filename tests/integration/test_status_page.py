@@ -43,8 +43,10 @@ async def test_page_in_headless_chromium_shows_token_traffic_budgets_and_calls(
     assert re.search(r"requests/s, last 1 min [\d.]+% errors", text)
     # Today's calls by client and product, with the upstream error counted.
     assert (
-        "Calls today client product calls errors ci words 3 0 reports cells 1 1 total 4 1" in text
+        "Calls today client product calls errors cached ci words 3 0 0 reports cells 1 1 0 "
+        "total 4 1 0" in text
     )
+    assert 'Conversion cache Off (cache_store = "off").' in text
     assert "Calls this month" in text
     # Budgets as bars: ci's daily budget is at 75 %.
     assert "ci words day 3 / 4" in text

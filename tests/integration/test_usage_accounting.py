@@ -63,7 +63,14 @@ async def test_usage_json_has_the_contract_shape_and_counts_unwritten_calls(
         "period": "day",
         "since": start.strftime("%Y-%m-%dT00:00:00Z"),
         "rows": [
-            {"client": "anonymous", "product": "words", "kind": "storage", "calls": 3, "errors": 0}
+            {
+                "client": "anonymous",
+                "product": "words",
+                "kind": "storage",
+                "calls": 3,
+                "errors": 0,
+                "cached": 0,
+            }
         ],
         "budgets": [
             {

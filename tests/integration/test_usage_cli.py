@@ -57,10 +57,10 @@ async def test_usage_prints_a_readable_table_by_default(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("Calls today (since ")
-    assert lines[2].split() == ["client", "product", "kind", "calls", "errors"]
-    assert ["anonymous", "cells", "api", "1", "1"] in [line.split() for line in lines]
-    assert ["anonymous", "words", "storage", "2", "0"] in [line.split() for line in lines]
-    assert ["total", "3", "1"] in [line.split() for line in lines]
+    assert lines[2].split() == ["client", "product", "kind", "calls", "errors", "cached"]
+    assert ["anonymous", "cells", "api", "1", "1", "0"] in [line.split() for line in lines]
+    assert ["anonymous", "words", "storage", "2", "0", "0"] in [line.split() for line in lines]
+    assert ["total", "3", "1", "0"] in [line.split() for line in lines]
     assert "Budgets" in lines
     assert ["*", "words", "month", "10", "2", "8"] in [line.split() for line in lines]
 

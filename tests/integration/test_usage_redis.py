@@ -56,7 +56,14 @@ async def test_a_replicas_calls_show_on_the_other_within_seconds(
         assert time.monotonic() < deadline, rows
         await asyncio.sleep(0.1)
     assert rows == [
-        {"client": "anonymous", "product": "words", "kind": "storage", "calls": 4, "errors": 0}
+        {
+            "client": "anonymous",
+            "product": "words",
+            "kind": "storage",
+            "calls": 4,
+            "errors": 0,
+            "cached": 0,
+        }
     ]
 
 

@@ -56,7 +56,7 @@ async def test_a_failed_write_is_retried_with_the_next_batch() -> None:
         await counter.flush()
     counter.record("ci", "words", "api", 502)
     await counter.flush()
-    assert store.batches == [{(current_hour(), "ci", "words", "api"): (2, 1)}]
+    assert store.batches == [{(current_hour(), "ci", "words", "api"): (2, 1, 0)}]
 
 
 async def test_calls_are_written_once_per_flush_and_only_what_grew() -> None:
@@ -68,11 +68,12 @@ async def test_calls_are_written_once_per_flush_and_only_what_grew() -> None:
     await counter.flush()
     await counter.flush()
     counter.record("ci", "words", "api", 200)
+    counter.count_cached("ci", "words", "api")  # a cache hit: written as cached, not a call
     await counter.flush()
     hour = current_hour()
     assert store.batches == [
-        {(hour, "ci", "words", "api"): (2, 1), (hour, "web", "cells", "storage"): (1, 0)},
-        {(hour, "ci", "words", "api"): (1, 0)},
+        {(hour, "ci", "words", "api"): (2, 1, 0), (hour, "web", "cells", "storage"): (1, 0, 0)},
+        {(hour, "ci", "words", "api"): (1, 0, 1)},
     ]
     # The cumulative totals (what /metrics shows) keep the status class.
     assert counter.totals == {
@@ -83,7 +84,7 @@ async def test_calls_are_written_once_per_flush_and_only_what_grew() -> None:
 
 
 async def test_report_json_shape_and_table() -> None:
-    rows = [Row("ci", "words", "api", 120, 3), Row("web", "pdf", "storage", 7, 0)]
+    rows = [Row("ci", "words", "api", 120, 3, 40), Row("web", "pdf", "storage", 7, 0)]
 
     async def rows_since(hour: int) -> list[Row]:
         return rows
@@ -98,6 +99,7 @@ async def test_report_json_shape_and_table() -> None:
         "kind": "api",
         "calls": 120,
         "errors": 3,
+        "cached": 40,
     }
     assert report["budgets"] == [
         {
@@ -112,9 +114,9 @@ async def test_report_json_shape_and_table() -> None:
     table = render_table(report).splitlines()
     assert table[0] == "Calls today (since 2026-09-21T00:00:00Z, UTC)"
     assert table[2:7] == [
-        "client  product  kind     calls  errors",
-        "------  -------  -------  -----  ------",
-        "ci      words    api        120       3",
-        "web     pdf      storage      7       0",
-        "total                       127       3",
+        "client  product  kind     calls  errors  cached",
+        "------  -------  -------  -----  ------  ------",
+        "ci      words    api        120       3      40",
+        "web     pdf      storage      7       0       0",
+        "total                       127       3      40",
     ]

@@ -144,3 +144,24 @@ async def test_a_spent_budget_is_seen_without_spending_anything(new_store: Store
     await budgets.reserve("ci", "words")
     assert await budgets.spent("ci", "words")
     assert not await budgets.spent("ci", "cells")  # no budget for it
+
+
+async def test_a_usage_file_from_before_the_cache_gains_the_cached_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the schema before issue 19
+        db.execute(
+            "CREATE TABLE usage (hour INTEGER NOT NULL, client TEXT NOT NULL, product TEXT NOT "
+            "NULL, kind TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL "
+            "DEFAULT 0, PRIMARY KEY (hour, client, product, kind)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO usage VALUES (?, 'ci', 'words', 'api', 5, 1)", (current_hour(),))
+    db.close()
+    store = open_store(f"sqlite://{path}")
+    await store.open()
+    try:
+        await store.add({(current_hour(), "ci", "words", "api"): (1, 0, 2)})
+        assert await store.rows(0) == [Row("ci", "words", "api", 6, 1, 2)]
+    finally:
+        await store.close()
