@@ -188,6 +188,8 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,
         max_connections_per_client=settings.max_connections_per_client,
+        max_connections=settings.max_connections,
+        on_refused=metrics.count_refused_connection,
     )
     health.add_routes(app)
     status_page.add_routes(app, settings.upstream_url)

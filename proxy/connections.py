@@ -2,8 +2,11 @@
 
 An app that sets ``CONNECTION_LIMITS`` (the proxy) is served (by ``proxy.server``) with:
 
-- per-address connection cap: an address holding ``max_connections_per_client`` connections
-  has further ones closed as soon as they are accepted; other addresses are unaffected;
+- per-client connection cap: a client holding ``max_connections_per_client`` connections
+  has further ones closed as soon as they are accepted; other clients are unaffected. A
+  client is an IPv4 address, an IPv6 /64, or the whole of loopback (``client_of``);
+- process-wide connection cap: beyond ``max_connections`` open connections, new ones are
+  closed as soon as they are accepted, and counted in ``/metrics``;
 - request-head deadline: the whole request head (request line and headers) must arrive within
   ``request_header_timeout`` of the connection being accepted or, on a kept-alive connection,
   of the first byte of the next request, else the connection is closed (slowloris);
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -45,6 +49,9 @@ class ConnectionLimits:
 
     request_header_timeout: float = 10.0
     max_connections_per_client: int = 256
+    max_connections: int = 1024  # open connections of this process, all clients together
+    # Told the cap ("max_connections" or "max_connections_per_client") of each refusal.
+    on_refused: Callable[[str], None] | None = field(default=None, compare=False)
     # aiohttp's parser bounds. There is no bound on a whole head, so it is at most
     # max_headers * max_field_size (1.6 MB; Go's net/http allows 1 MB).
     max_line_size: int = 8190  # the request line (nginx: 8 KiB)
@@ -81,40 +88,84 @@ class _NamedRequest(web.Request):
                 await on_response_prepare.send(self, response)
 
 
-class ClientConnections:
-    """How many connections each client address holds; refuses those beyond the cap."""
+LOOPBACK = "loopback"
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
+
+def client_of(address: str) -> str:
+    """The client a connection from ``address`` counts against (issue 16).
+
+    All of loopback (127.0.0.0/8 and ``::1``) is one client: any local user can pick
+    127.0.0.2, .3, ... An IPv6 address counts by its /64 (a host or a site holds a whole /64
+    and picks addresses in it freely), an IPv4 address by itself.
+    """
+    if address.startswith("127.") or address == "::1":
+        return LOOPBACK
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d from a dual-stack listener
+        return client_of(str(ip.ipv4_mapped))
+    if ip.is_loopback:
+        return LOOPBACK
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+class ClientConnections:
+    """How many connections each client and the whole process hold; refuses those beyond
+    ``max_connections_per_client`` or ``max_connections``."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self._limit = limits.max_connections_per_client
+        self._total_limit = limits.max_connections
+        self._refused = limits.on_refused
+        self._total = 0
         self._counts: dict[str, int] = {}
         self._at_cap: set[str] = set()  # warned about once until it drops below the cap
 
     def admit(self, address: str) -> bool:
-        count = self._counts.get(address, 0)
-        if count >= self._limit:
-            if address not in self._at_cap:
-                self._at_cap.add(address)
-                log.warning(
-                    "client at max_connections_per_client: closing its new connections",
-                    client_address=address,
-                    limit=self._limit,
-                )
+        if self._total >= self._total_limit:
+            self._refuse("max_connections", "process at max_connections: closing new connections")
             return False
-        self._counts[address] = count + 1
+        client = client_of(address)
+        count = self._counts.get(client, 0)
+        if count >= self._limit:
+            self._refuse(
+                "max_connections_per_client",
+                "client at max_connections_per_client: closing its new connections",
+                client,
+            )
+            return False
+        self._counts[client] = count + 1
+        self._total += 1
         return True
 
     def release(self, address: str) -> None:
-        count = self._counts.pop(address, 1) - 1
+        client = client_of(address)
+        count = self._counts.pop(client, 1) - 1
         if count > 0:
-            self._counts[address] = count
-        self._at_cap.discard(address)
+            self._counts[client] = count
+        self._total -= 1
+        self._at_cap.discard(client)
+        self._at_cap.discard("")
+
+    def _refuse(self, cap: str, warning: str, client: str = "") -> None:
+        """Count the refusal; warn once per client (``""``: the process) until it is below."""
+        if self._refused is not None:
+            self._refused(cap)
+        if client not in self._at_cap:
+            self._at_cap.add(client)
+            limit = self._limit if client else self._total_limit
+            log.warning(warning, client=client or None, limit=limit)
 
 
 _parse = RequestHandler.data_received
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's HTTP/1.1 protocol with the per-address cap and the request-head deadline.
+    """aiohttp's HTTP/1.1 protocol with the connection caps and the request-head deadline.
 
     The head timer costs one ``call_at`` per connection and one per request head that does
     not arrive in a single read; a head that arrives whole (the usual case) arms nothing.
@@ -246,7 +297,7 @@ class _GuardedServer(web.Server):
             **plain._kwargs,
         )
         self.limits = limits
-        self.clients = ClientConnections(limits.max_connections_per_client)
+        self.clients = ClientConnections(limits)
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)

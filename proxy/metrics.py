@@ -70,6 +70,13 @@ class Metrics:
             ["credential"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "aspose_proxy_connections_refused",
+            "Connections closed as soon as they were accepted, by the cap they would have "
+            "passed: max_connections (this process) or max_connections_per_client.",
+            ["limit"],
+            registry=self.registry,
+        )
         self.token_seconds_to_expiry = Gauge(
             "aspose_proxy_token_seconds_to_expiry",
             "Seconds until the current access token expires (0 when none is held).",
@@ -109,6 +116,10 @@ class Metrics:
     def count_auth_failure(self, credential: str) -> None:
         """One failed client authentication (only on the refusal path)."""
         self.client_auth_failures.labels(credential).inc()
+
+    def count_refused_connection(self, limit: str) -> None:
+        """One connection closed at accept by a connection cap (only on the refusal path)."""
+        self.connections_refused.labels(limit).inc()
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

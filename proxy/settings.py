@@ -145,7 +145,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds a client has to send a whole request head"
     )
     max_connections_per_client: AtStart[int] = Field(
-        256, ge=1, description="simultaneous connections one client address may hold"
+        256,
+        ge=1,
+        description="simultaneous connections one client may hold (all of loopback is one "
+        "client, an IPv6 client is its /64), per process",
+    )
+    max_connections: AtStart[int] = Field(
+        1024, ge=1, description="simultaneous connections of all clients together, per process"
     )
     workers: AtStart[int] = Field(
         1, ge=0, le=256, description="processes sharing the port (SO_REUSEPORT); 0 = one per CPU"

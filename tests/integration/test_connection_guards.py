@@ -1,8 +1,9 @@
 """Connection-level guards (proxy/connections.py): bounded request heads, the request-head deadline,
-the per-address connection cap, and a Server header that names no versions.
+the connection caps, and a Server header that names no versions.
 
-Slow clients are real sockets on loopback. Other client addresses come from 127.0.0.2: on
-Linux the whole of 127.0.0.0/8 is loopback, so a socket bound there reaches 127.0.0.1.
+Slow clients are real sockets on loopback. Another loopback address is 127.0.0.2: on Linux the
+whole of 127.0.0.0/8 is loopback, so a socket bound there reaches 127.0.0.1 (and counts as the
+same client). Which addresses are one client is unit-tested (tests/unit/test_connection_caps.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.connections import ClientConnections
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 from tests.integration.rawhttp import exchange, read_head
@@ -182,62 +182,65 @@ async def test_kept_alive_connection_idle_between_requests_is_not_cut_but_a_drip
     assert await cut_while_dripping(reader, writer)
 
 
-# -- connections per client address ---------------------------------------------------------
+# -- connection caps -----------------------------------------------------------------------
 
 
-def test_client_connections_count_per_address_and_free_on_release() -> None:
-    clients = ClientConnections(2)
-    assert clients.admit("10.0.0.1")
-    assert clients.admit("10.0.0.1")
-    assert not clients.admit("10.0.0.1")
-    assert not clients.admit("10.0.0.1")
-    assert clients.admit("10.0.0.2")
-    clients.release("10.0.0.1")
-    assert clients.admit("10.0.0.1")
-    assert not clients.admit("10.0.0.1")
-
-
-async def test_connections_beyond_the_cap_are_closed_and_other_addresses_unaffected(
+async def test_all_of_loopback_is_one_client_for_the_cap(
     proxy_factory: ProxyFactory, other_client: aiohttp.ClientSession, logs: LogCapture
 ) -> None:
+    """Any local user can pick 127.0.0.2, .3, ...: they count with 127.0.0.1 (issue 16)."""
     proxy = await proxy_factory(max_connections_per_client=3)
     held = [await connect(proxy.url) for _ in range(3)]
-    reader, writer = await connect(proxy.url)
-    assert await closed_within(reader, 2)  # the fourth: closed at once
+    reader, writer = await connect(proxy.url, OTHER_ADDRESS)
+    assert await closed_within(reader, 2)  # the fourth, from 127.0.0.2: closed at once
     writer.close()
-    async with other_client.get(proxy.url + DISC) as response:
-        assert response.status == 200
     assert logs.events("client at max_connections_per_client: closing its new connections")
-    # A freed slot is usable again.
+    # A freed slot is usable again, from any loopback address.
     held[0][1].close()
     await asyncio.sleep(0.2)
-    answer = await exchange(proxy.url, head())
-    assert answer.status == 200
+    async with other_client.get(proxy.url + DISC) as response:
+        assert response.status == 200
     for _, held_writer in held[1:]:
         held_writer.close()
 
 
-async def test_300_slow_sockets_from_one_address_do_not_slow_another(
-    proxy_factory: ProxyFactory, other_client: aiohttp.ClientSession
+async def test_connections_beyond_max_connections_are_closed_and_counted(
+    proxy_factory: ProxyFactory, logs: LogCapture
 ) -> None:
-    """300 dripping sockets from 127.0.0.1 (the default cap holds 256, the rest are closed at
-    once) while a client on 127.0.0.2 makes ordinary requests. The head deadline is raised so
-    that it cannot close the slow sockets while this runs on a loaded machine."""
-    proxy = await proxy_factory(request_header_timeout=120)
-    assert proxy.settings.max_connections_per_client == 256
+    proxy = await proxy_factory(max_connections=3, max_connections_per_client=100)
+    held = [await connect(proxy.url) for _ in range(3)]
+    reader, writer = await connect(proxy.url)
+    assert await closed_within(reader, 2)  # over the process's cap: closed at once
+    writer.close()
+    assert logs.events("process at max_connections: closing new connections")
+    held[0][1].close()
+    await asyncio.sleep(0.2)
+    async with proxy.client.get(proxy.url + "/metrics") as response:
+        text = await response.text()
+    assert 'aspose_proxy_connections_refused_total{limit="max_connections"} 1.0' in text
+    for _, held_writer in held[1:]:
+        held_writer.close()
+
+
+async def test_300_slow_sockets_do_not_slow_an_ordinary_request(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """300 dripping sockets (the per-client cap raised to hold them all) while an ordinary
+    client makes requests. The head deadline is raised so that it cannot close the slow
+    sockets while this runs on a loaded machine."""
+    proxy = await proxy_factory(request_header_timeout=120, max_connections_per_client=400)
     slow = await asyncio.gather(*(connect(proxy.url) for _ in range(300)))
     drips = [asyncio.create_task(drip(writer, 0.3)) for _, writer in slow]
     try:
         await asyncio.sleep(0.5)
         for _ in range(20):
             started = time.monotonic()
-            async with other_client.get(proxy.url + DISC) as response:
+            async with proxy.client.get(proxy.url + DISC) as response:
                 assert response.status == 200
                 await response.read()
             assert time.monotonic() - started < 5.0  # generous: a normal call takes ms
-        # Refused ones were closed (FIN, or RST when the drip's bytes were unread).
         still_open = sum(not r.at_eof() and r.exception() is None for r, _ in slow)
-        assert still_open == 256, still_open
+        assert still_open == 300, still_open
     finally:
         for task in drips:
             task.cancel()
