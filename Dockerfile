@@ -28,11 +28,12 @@ LABEL org.opencontainers.image.title="aspose-cloud-proxy" \
       org.opencontainers.image.description="A local reverse proxy that authenticates every call to the Aspose Cloud REST API" \
       org.opencontainers.image.licenses="MIT"
 # /var/lib/aspose-proxy: the proxy's state (the usage store's SQLite file, see usage_store);
-# mount a volume there to keep it across containers.
+# /var/cache/aspose-proxy: the conversion cache with cache_store = "disk" (XDG_CACHE_HOME below,
+# docs/cache.md). Mount a volume on each to keep it across containers.
 RUN groupadd --system --gid 10001 aspose \
     && useradd --system --uid 10001 --gid aspose --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin aspose \
-    && install -d -o 10001 -g 10001 -m 0750 /var/lib/aspose-proxy
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/aspose-proxy /var/cache/aspose-proxy
 COPY --from=build /opt/venv /opt/venv
 # allow_from: loopback plus the private ranges where container networks and a pod's neighbours
 # live (the proxy's own default, loopback only, would refuse even the host's port forwarding).
@@ -42,7 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     ASPOSE_PROXY_HOST=0.0.0.0 \
     ASPOSE_PROXY_ALLOW_FROM='["127.0.0.0/8","::1/128","10.0.0.0/8","172.16.0.0/12","192.168.0.0/16","fc00::/7"]' \
     ASPOSE_PROXY_LOG_FORMAT=json \
-    ASPOSE_PROXY_USAGE_STORE=sqlite:///var/lib/aspose-proxy/usage.db
+    ASPOSE_PROXY_USAGE_STORE=sqlite:///var/lib/aspose-proxy/usage.db \
+    XDG_CACHE_HOME=/var/cache
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080

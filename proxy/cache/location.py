@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 OFF = "off"
 DISK = "disk"
-IMAGE_DIR = Path("/var/cache/aspose-proxy")  # the container image's volume
 
 
 def check_cache_store(url: str) -> str:
