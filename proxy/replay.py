@@ -17,7 +17,7 @@ R = TypeVar("R")
 class TokenSource(Protocol):
     def valid_token(self) -> Token | None: ...
     async def get(self) -> Token: ...
-    async def renew(self, rejected: Token) -> Token: ...
+    async def renew(self, rejected: Token) -> Token | None: ...
 
 
 async def send_with_token(
@@ -28,7 +28,9 @@ async def send_with_token(
     on_replay: Callable[[], None] = lambda: None,
     may_replay: Callable[[], bool] = lambda: True,
 ) -> R:
-    """``send(token)``; on 401 release that response, renew the token and send once more.
+    """``send(token)``; on 401 renew the token, release that response and send once more.
+
+    When no new token can be had (``renew`` gives None) the 401 goes back as it is.
 
     ``may_replay`` is asked first: a request already resent once (a stale connection) is not
     sent a third time, its 401 goes back to the client as it is.
@@ -38,7 +40,9 @@ async def send_with_token(
     response = await send(token.value)
     if status_of(response) != 401 or not may_replay():
         return response
-    release(response)  # the first 401 is never shown to the client
-    fresh = await tokens.renew(token)  # TokenUnavailable when no new token can be had
+    fresh = await tokens.renew(token)
+    if fresh is None:  # no new token now (renewal cap, or the renewal failed): the 401 as is
+        return response
+    release(response)  # a replayed 401 is never shown to the client
     on_replay()
     return await send(fresh.value)

@@ -11,7 +11,9 @@ minutes (HTTP 429, ``Retry-After: 600``), for every service using that applicati
   may use only ``budget - reserve`` slots: one is kept for a new secret, which is tried at once;
 - credentials that were rejected get no such immediate attempt again until they change;
 - a 429 blocks every token request until its ``Retry-After``;
-- an untried secret is tried by one process at a time: the others wait for its outcome.
+- an untried secret is tried by one process at a time: the others wait for its outcome;
+- an upstream 401 may start at most ``Policy.renewals`` (3) token requests per
+  ``renewal_window`` (10 s): past that the 401 goes to the client as it is (issue 16).
 
 The state lives in a :class:`MemoryStore` (one process), a :class:`FileStore` (a small JSON
 file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share) or Redis
@@ -67,6 +69,8 @@ class Policy:
     first_step: float = 30.0  # wait after the first rejection
     step: float = 150.0  # wait after each further rejection
     default_retry_after: float = 600.0  # a 429 without a usable Retry-After
+    renewals: int = 3  # token requests an upstream 401 may start per renewal_window (issue 16)
+    renewal_window: float = 10.0
 
     @property
     def conservative(self) -> Policy:
@@ -142,6 +146,7 @@ def _new_state() -> dict[str, Any]:
         "slow_next": 0.0,
         "blocked_until": 0.0,
         "blocked_reason": "",
+        "renewals": [],  # times of the token requests started by an upstream 401
     }
 
 
@@ -194,10 +199,11 @@ class FileStore:
             state = json.loads(raw)
         except ValueError:
             state = None
-        if not isinstance(state, dict) or set(state) != set(_new_state()):
+        fresh = _new_state()
+        if not isinstance(state, dict) or not set(state) <= set(fresh):
             log.warning("token schedule file unreadable; starting afresh", path=str(self.path))
-            return _new_state()
-        return state
+            return fresh
+        return fresh | state  # a file from an older version lacks the newer keys
 
 
 def wall_time(moment: float, clock: Clock) -> str:
@@ -302,6 +308,20 @@ class Schedule:
                 reason=state["blocked_reason"],
                 degraded=self.store.degraded,
             )
+
+    def may_renew(self) -> bool:
+        """May an upstream 401 start a token request now? Takes one of ``policy.renewals``
+        per ``renewal_window`` (shared like the rest), or answers False when they are used up:
+        a client whose calls keep getting 401 must not make a token request per call."""
+        now = self._clock()
+        window = self.policy.renewal_window
+        with self.store.transaction() as state:
+            recent = [t for t in state["renewals"] if now - window < t <= now + 1]
+            allowed = len(recent) < self.policy.renewals
+            if allowed:
+                recent.append(now)
+            state["renewals"] = recent
+        return allowed
 
     def record(
         self,

@@ -144,8 +144,8 @@ class RedisScheduleStore:
         if isinstance(raw, str):
             with contextlib.suppress(ValueError):
                 state = json.loads(raw)
-                if isinstance(state, dict) and set(state) == set(fresh):
-                    return state
+                if isinstance(state, dict) and set(state) <= set(fresh):
+                    return fresh | state  # a state from an older version lacks newer keys
             log.warning("token schedule in Redis unreadable; starting afresh", key=self.key)
         if self._local is not None:
             fresh["salt"] = self._local["salt"]  # fingerprints made meanwhile stay valid

@@ -11,6 +11,9 @@ Failures: transient ones (unreachable, timeouts, 5xx, garbage) back off exponent
 whole proxy, slow retries, nothing before a 429's ``Retry-After``. Meanwhile a valid cached token
 keeps being used, and requests without one get 503 ``token_unavailable`` at once.
 
+Renewal after an upstream 401 (``renew``): a token request like the others, at most 3 per 10 s
+(the schedule's, shared by workers); one that fails keeps the token in hand (issue 16).
+
 Rotation: ``set_credentials`` (SIGHUP, a changed ``client_secret_file``) makes the refresher try
 the new credentials at once; the token they get replaces the current one only if that works.
 """
@@ -98,6 +101,7 @@ class TokenCache:
         self._next_attempt_at = 0.0
         self._last_error: TokenFetchError | None = None
         self._wake = asyncio.Event()
+        self._cap_noted_until = 0.0  # the renewal cap was last logged until then
         if metrics is not None:
             metrics.watch_token_expiry(self.seconds_to_expiry)
 
@@ -117,14 +121,27 @@ class TokenCache:
         """A valid token: the cached one, or the result of the fetch in flight."""
         return self.valid_token() or await self._wait_for_fetch()
 
-    async def renew(self, rejected: Token) -> Token:
-        """After upstream refused ``rejected``: a newer token, fetching one only if needed."""
+    async def renew(self, rejected: Token) -> Token | None:
+        """After upstream answered 401 to ``rejected``: a newer token, or None (then that 401
+        goes to the client as it is).
+
+        A newer token already held is returned at once, and a fetch in flight is joined, so a
+        revocation costs one token request however many calls it hits. Starting a fetch takes
+        one of the schedule's 401 renewals (3 per 10 s, shared by the workers); past them, None.
+        A renewal that fails (400, 429, timeout) leaves the held token in use until a new one
+        arrives or it expires (issue 16: one client's 401s must not leave the others without).
+        """
         current = self._current
         if current is not None and current is not rejected and self.valid_token() is current:
             return current  # someone already renewed it
-        if current is rejected:
-            self._current = None
-        return await self._wait_for_fetch()
+        if self._inflight is None and not self._schedule.may_renew():
+            self._note_renewal_cap()
+            return None
+        try:
+            return await self._wait_for_fetch()
+        except TokenUnavailable as exc:
+            log.warning("token renewal after an upstream 401 failed", reason=exc.message)
+            return None
 
     def seconds_to_expiry(self) -> float:
         token = self._current
@@ -171,6 +188,18 @@ class TokenCache:
         )
         self._wake.set()
         return True
+
+    def _note_renewal_cap(self) -> None:
+        """One warning per renewal window while upstream 401s go past the cap."""
+        now = self._clock()
+        if now >= self._cap_noted_until:
+            window = self._schedule.policy.renewal_window
+            self._cap_noted_until = now + window
+            log.warning(
+                "upstream 401s: token renewals capped; the 401s go to the clients as they are",
+                renewals=self._schedule.policy.renewals,
+                per_seconds=window,
+            )
 
     # -- fetching --------------------------------------------------------------------------
 

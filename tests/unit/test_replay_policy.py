@@ -27,8 +27,7 @@ class FakeTokens:
     """Hands out ``current``; ``renew`` records what it was given and hands out ``fresh``."""
 
     current: Token
-    fresh: Token | None = None
-    renew_error: Exception | None = None
+    fresh: Token | None = None  # None: no new token can be had (renewal cap, failed renewal)
     renewed_with: list[Token] = field(default_factory=list)
 
     def valid_token(self) -> Token | None:
@@ -37,12 +36,10 @@ class FakeTokens:
     async def get(self) -> Token:
         return self.current
 
-    async def renew(self, rejected: Token) -> Token:
+    async def renew(self, rejected: Token) -> Token | None:
         self.renewed_with.append(rejected)
-        if self.renew_error is not None:
-            raise self.renew_error
-        assert self.fresh is not None
-        self.current = self.fresh
+        if self.fresh is not None:
+            self.current = self.fresh
         return self.fresh
 
 
@@ -107,12 +104,12 @@ async def test_401_releases_first_response_renews_and_replays_with_new_token() -
     assert len(replays) == 1
 
 
-async def test_first_401_released_before_renew_is_asked() -> None:
+async def test_first_401_released_once_a_new_token_is_in_hand() -> None:
     order: list[str] = []
     upstream = FakeUpstream([401, 200])
 
     class OrderedTokens(FakeTokens):
-        async def renew(self, rejected: Token) -> Token:
+        async def renew(self, rejected: Token) -> Token | None:
             order.append("renew")
             return await super().renew(rejected)
 
@@ -122,7 +119,7 @@ async def test_first_401_released_before_renew_is_asked() -> None:
 
     tokens = OrderedTokens(make_token("a"), fresh=make_token("b"))
     await send_with_token(tokens, upstream.send, status_of, ordered_release)
-    assert order == ["release", "renew"]
+    assert order == ["renew", "release"]
 
 
 async def test_second_401_returned_to_caller_after_exactly_two_sends() -> None:
@@ -142,20 +139,19 @@ async def test_second_401_returned_to_caller_after_exactly_two_sends() -> None:
     assert len(replays) == 1
 
 
-async def test_token_unavailable_from_renew_propagates_without_replay() -> None:
-    error = TokenUnavailable("No access token: rejected.", retry_after=3)
-    tokens = FakeTokens(make_token("a"), renew_error=error)
+async def test_without_a_new_token_the_401_goes_back_as_it_is_without_replay() -> None:
+    """Issue 16: past the renewal cap, or when the renewal fails, the client gets upstream's 401."""
+    tokens = FakeTokens(make_token("a"), fresh=None)
     upstream = FakeUpstream([401, 200])
     replays: list[None] = []
 
-    with pytest.raises(TokenUnavailable) as caught:
-        await send_with_token(
-            tokens, upstream.send, status_of, release, lambda: replays.append(None)
-        )
+    result = await send_with_token(
+        tokens, upstream.send, status_of, release, lambda: replays.append(None)
+    )
 
-    assert caught.value is error
+    assert result is upstream.responses[0]
+    assert result.status == 401 and not result.released
     assert upstream.sent_with == ["a"]
-    assert upstream.responses[0].released  # the first 401 is never leaked
     assert replays == []
 
 

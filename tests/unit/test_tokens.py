@@ -17,6 +17,7 @@ from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.settings import Settings
 from proxy.token_client import TokenAnswer, TokenFetchError, parse_token_answer
+from proxy.token_schedule import FileStore, Schedule
 from proxy.tokens import BACKOFF_CAP, Token, TokenCache
 from tests.unit.token_fakes import (
     CLIENT_ID,
@@ -197,6 +198,97 @@ async def test_20_concurrent_renews_of_same_token_fetch_once(
     tokens = await asyncio.gather(*renewals)
     assert fetch.calls == 2
     assert {t.value for t in tokens} == {"token-2"}
+
+
+# -- one client's 401s must not lock the account out nor leave the others without (issue 16) --
+
+
+async def test_renewals_after_401s_are_capped_at_3_per_10_seconds(
+    make_cache: Any, fetch: FakeFetch, clock: FakeClock
+) -> None:
+    cache = make_cache(fetch)
+    token = await cache.get()
+    renewed = []
+    for _ in range(10):  # an endpoint that answers 401 to every token
+        fresh = await cache.renew(token)
+        renewed.append(fresh)
+        token = fresh or token
+        clock.now += 0.5
+    assert fetch.calls == 1 + 3
+    assert [t is not None for t in renewed] == [True] * 3 + [False] * 7
+    assert cache.valid_token() is token  # past the cap the token in hand stays in use
+    clock.now += 10  # a new window
+    assert await cache.renew(token) is not None
+    assert fetch.calls == 5
+
+
+async def test_a_revocation_hitting_many_calls_is_one_renewal_of_the_cap(
+    make_cache: Any, fetch: FakeFetch
+) -> None:
+    cache = make_cache(fetch)
+    for _ in range(3):
+        old = await cache.get()
+        fetch.gate = asyncio.Event()
+        renewals = [asyncio.create_task(cache.renew(old)) for _ in range(20)]
+        await asyncio.sleep(0.01)
+        fetch.gate.set()
+        assert None not in await asyncio.gather(*renewals)
+    assert fetch.calls == 1 + 3
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TokenFetchError("rejected (invalid_client)", rejected=True),
+        TokenFetchError("429", rate_limited=True, retry_after=600),
+        TokenFetchError("token endpoint answered HTTP 502"),
+    ],
+    ids=["400", "429", "502"],
+)
+async def test_a_failed_renewal_keeps_the_token_in_hand(
+    make_cache: Any, fetch: FakeFetch, clock: FakeClock, failure: TokenFetchError
+) -> None:
+    cache = make_cache(fetch)
+    held = await cache.get()
+    fetch.script = [failure]
+    assert await cache.renew(held) is None  # the request whose 401 started it gets that 401
+    assert fetch.calls == 2
+    assert cache.valid_token() is held
+    assert await cache.get() is held  # every other client keeps being served
+    assert cache.not_ready_reason is None
+    clock.now = held.expires_at  # until it expires
+    assert cache.valid_token() is None
+
+
+async def test_a_renewal_that_times_out_keeps_the_token_in_hand(
+    make_cache: Any, fetch: FakeFetch
+) -> None:
+    cache = make_cache(fetch, wait_timeout=0.05)
+    held = await cache.get()
+    fetch.gate = asyncio.Event()  # the token endpoint hangs
+    assert await cache.renew(held) is None
+    assert await cache.get() is held
+    fetch.gate.set()
+    await wait_until(lambda: cache.valid_token() is not held)  # the late answer is taken
+    assert cache.valid_token() is not None
+
+
+async def test_workers_sharing_a_state_file_share_the_renewal_cap(
+    clock: FakeClock, tmp_path: Any
+) -> None:
+    path = tmp_path / "token-schedule.json"
+    workers = [
+        TokenCache(
+            FakeFetch(),
+            wait_timeout=5.0,
+            clock=clock,
+            schedule=Schedule(FileStore(path), clock=clock),
+        )
+        for _ in range(3)
+    ]
+    renewed = [await w.renew(await w.get()) for w in workers * 2]  # each 401s twice
+    assert sum(t is not None for t in renewed) == 3
+    assert sum(w._fetch.calls for w in workers) == 3 + 3  # one each at start, then the cap
 
 
 # -- failures and backoff ------------------------------------------------------------------
