@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from multidict import istr
+
 from proxy.bounded_cache import BoundedCache
 from proxy.errors import (
     AddressNotAllowed,
@@ -32,7 +34,8 @@ from proxy.settings import DEFAULT_ALLOW_FROM, Settings
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The private ranges the Docker image adds (RFC 1918, RFC 4193), quoted in the bind warning.
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
-KEY_HEADER = "X-Proxy-Key"
+KEY_HEADER = istr("X-Proxy-Key")
+FETCH_SITE = istr("Sec-Fetch-Site")  # set by browsers on every request (Fetch Metadata)
 _CACHE_LIMIT = 1024  # distinct client addresses or Host values remembered per rules object
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _CROSS_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of other pages
@@ -237,8 +240,10 @@ class AccessRules:
         """
         name = None
         if key is not None and self.access_keys:
-            # surrogatepass: a non-UTF-8 header byte is a wrong key, not an error (issue 16)
-            name = self.key_names.get(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest())
+            try:
+                name = self.key_names.get(hashlib.sha256(key.encode()).digest())
+            except UnicodeEncodeError:  # a non-UTF-8 header byte: a wrong key (issue 16)
+                name = None
         if name is None and self.local_clients:
             local = local_client_of(authorization)
             if local in self.local_clients:  # not "" (anonymous) nor a removed client

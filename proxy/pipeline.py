@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.hdrs import AUTHORIZATION, HOST, ORIGIN
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.access import KEY_HEADER, AccessControl, RouteKind
+from proxy.access import FETCH_SITE, KEY_HEADER, AccessControl, RouteKind
 from proxy.errors import BadRequest, ProxyError, error_response
 from proxy.exchange import (
     CLIENT_CLOSED,
@@ -58,19 +59,20 @@ def access_guard(access: AccessControl) -> Guard:
         # The remembered "allowed" answers are looked up here: a call only on a miss or a no.
         if not rules.everyone and rules.address_answers.get(request.remote) is not True:
             rules.check_address(request.remote, metrics=kind is metrics)
+        # Header names as istr constants: multidict skips case-folding them (half the lookup).
         headers = request.headers
-        host = headers.get("Host")
+        host = headers.get(HOST)
         if rules.host_answers.get(host) is not True:
             rules.check_host_header(host)
-        origin = headers.get("Origin")
-        if origin is not None or "Sec-Fetch-Site" in headers:
-            rules.check_browser(origin, headers.get("Sec-Fetch-Site"))
+        origin = headers.get(ORIGIN)
+        if origin is not None or FETCH_SITE in headers:
+            rules.check_browser(origin, headers.get(FETCH_SITE))
         if kind is not forward:
             return None
         client = None
         if rules.identifies_clients:
             client = identify(
-                rules, headers.get(KEY_HEADER), headers.get("Authorization"), request.remote
+                rules, headers.get(KEY_HEADER), headers.get(AUTHORIZATION), request.remote
             )
         if rules.limits_operations:
             rules.check_operation(request.method, request.raw_path)
