@@ -1,4 +1,4 @@
-"""``aspose-proxy COMMAND [FLAGS]``: run, demo, sandbox, check, config.
+"""``aspose-proxy COMMAND [FLAGS]``: run, demo, sandbox, check, config, usage, cache.
 
 Our own argparse, not pydantic-settings' CLI parsing (that would read any process's argv).
 Logs go to stderr; a command's own output goes to stdout.

@@ -1,11 +1,12 @@
-"""Where the cache lives: the ``cache_store`` setting checked and resolved. Imports nothing
-from the package (``proxy.settings`` uses it)."""
+"""Where the cache lives: the ``cache_store`` setting checked and resolved. Imports only the
+leaf proxy/redis_url.py (``proxy.settings`` uses it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from proxy.redis_url import check_redis_url
 
 OFF = "off"
 DISK = "disk"
@@ -22,12 +23,7 @@ def check_cache_store(url: str) -> str:
             raise ValueError("a directory store is file:///absolute/path")
         return url
     if url.startswith(("redis://", "rediss://")):
-        parts = urlsplit(url)
-        if parts.password is not None:
-            raise ValueError("put the Redis password in cache_store_password, not in the URL")
-        if not parts.hostname:
-            raise ValueError("a redis cache is redis://host:port/db")
-        return url
+        return check_redis_url(url, "cache_store", "cache")
     raise ValueError("must be off, disk, file:///absolute/dir or redis://host:port/db")
 
 

@@ -1,6 +1,6 @@
 """What the usage settings look like: budgets, rate limits, the store URL, the product list.
 
-Pure data with validation, imported by ``proxy.settings`` (so it imports nothing from the package).
+Pure data with validation, imported by ``proxy.settings`` (so it imports only leaf modules).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from proxy.redis_url import check_redis_url
 
 # Label values are bounded: a path segment outside this list is counted as "other".
 PRODUCTS = frozenset(
@@ -101,18 +102,7 @@ def check_store_url(url: str) -> str:
             raise ValueError("a sqlite store is sqlite:///absolute/path/usage.db")
         return url
     if url.startswith(("redis://", "rediss://")):
-        parts = urlsplit(url)
-        in_query = any(name.lower() == "password" for name, _ in parse_qsl(parts.query))
-        if parts.password is not None or in_query:
-            # Never echoed: the URL is shown on /_proxy/, by `config` and in logs.
-            raise ValueError(
-                "the Redis password does not belong in the URL (it is shown on /_proxy/ and "
-                "in logs): put it in usage_store_password (ASPOSE_PROXY_USAGE_STORE_PASSWORD "
-                "or the TOML file)"
-            )
-        if not parts.hostname:
-            raise ValueError("a redis store is redis://host:port/db")
-        return url
+        return check_redis_url(url, "usage_store", "store")
     raise ValueError("must be off, sqlite:///path/usage.db or redis://host:port/db")
 
 
