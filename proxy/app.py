@@ -29,7 +29,7 @@ from proxy.pipeline import Guard, Observer, access_guard, add_request_id
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
 from proxy.token_client import request_token
-from proxy.token_schedule import shared_schedule
+from proxy.token_schedule import Schedule, open_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache
 from proxy.upstream import Egress, create_session, create_token_session
 from proxy.usage.gate import USAGE, Usage
@@ -39,6 +39,8 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 # The forwarding route's handler: the forwarder inside the usage gate (proxy/usage/gate.py).
 FORWARD: web.AppKey[Handler] = web.AppKey("forward")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
+# A schedule of this process alone, instead of the persistent one (the demo's isolation).
+TOKEN_SCHEDULE: web.AppKey[Schedule] = web.AppKey("token_schedule")
 
 log = structlog.get_logger("proxy.app")
 
@@ -53,7 +55,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda credentials: request_token(token_session, settings, credentials),
         wait_timeout=settings.token_wait_timeout,
         credentials=Credentials.from_settings(settings),
-        schedule=shared_schedule(settings, app.get(SCHEDULE_POLICY)),
+        schedule=app.get(TOKEN_SCHEDULE) or open_schedule(settings, app.get(SCHEDULE_POLICY)),
         metrics=app[METRICS],
     )
     app[TOKENS] = tokens

@@ -12,10 +12,8 @@ import difflib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from proxy.settings import (
     typo_hints,
     unknown_env_vars,
 )
-from proxy.token_client import TokenFetchError, request_token
 from proxy.usage.rules import kubernetes_sqlite_warning
 
 EXIT_USAGE = 2
@@ -61,6 +58,7 @@ COMMAND_SETTINGS: dict[str, frozenset[str] | None] = {
             "token_url",
             "ca_file",
             "connect_timeout",
+            "token_timeout",
             "usage_store",
             "log_format",
             "log_level",
@@ -349,7 +347,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 "not mask it wherever it occurs (that would mask ordinary words); use a longer one"
             )
     if args.command == "check":
-        return run(lambda: _check(settings))
+        return run(lambda: _check(loaded))
     return run(lambda: _run(settings, args, argv))
 
 
@@ -413,22 +411,16 @@ async def _usage(settings: Settings, period: str, *, as_json: bool) -> int:
     return 0
 
 
-async def _check(settings: Settings) -> int:
-    from proxy.upstream import Egress, create_token_session
+async def _check(loaded: LoadedSettings) -> int:
+    from proxy.check_command import check
 
-    # The same TLS trust (ca_file) and egress proxy as the running proxy's token fetches.
-    async with create_token_session(Egress.from_settings(settings)) as session:
-        try:
-            answer = await request_token(session, settings)
-        except TokenFetchError as exc:
-            print(f"error: {exc.reason}", file=sys.stderr)
-            return 1
-    expires = datetime.fromtimestamp(time.time() + answer.expires_in, UTC)
-    print(
-        f"ok: client_id '{settings.client_id}' got a token from {settings.token_url}; "
-        f"it expires in {answer.expires_in:.0f} s, at {expires.isoformat(timespec='seconds')}"
-    )
-    return 0
+    def say(line: str) -> None:
+        print(f"aspose-proxy: {line}", flush=True)
+
+    def complain(line: str) -> None:
+        print(f"aspose-proxy: {line}", file=sys.stderr, flush=True)
+
+    return await check(loaded, say, complain)
 
 
 async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]) -> int:

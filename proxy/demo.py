@@ -15,11 +15,12 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from proxy.app import create_app
+from proxy.app import TOKEN_SCHEDULE, create_app
 from proxy.listening import listen, port_in_use
 from proxy.sandbox import SandboxConfig, create_sandbox_app
 from proxy.server import Server, announce, wait_for_stop_signal
 from proxy.settings import Settings
+from proxy.token_schedule import MemoryStore, Schedule
 
 log = structlog.get_logger("proxy.demo")
 
@@ -88,7 +89,9 @@ async def run_demo(host: str, port: int, sandbox_port: int) -> int:
     sandbox: Server = await listen(create_sandbox_app(DEMO), "127.0.0.1", sandbox_port)
     try:
         settings = demo_settings(host, free_port_if_taken(host, port, "proxy"), sandbox.url)
-        proxy = await listen(create_app(settings), settings.host, settings.port, shutdown_grace=5)
+        app = create_app(settings)
+        app[TOKEN_SCHEDULE] = Schedule(MemoryStore())  # the user's schedule is not the demo's
+        proxy = await listen(app, settings.host, settings.port, shutdown_grace=5)
     except BaseException:
         await sandbox.stop()
         raise

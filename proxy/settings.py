@@ -41,8 +41,6 @@ from proxy.usage.rules import Budget, RateLimit, check_store_url, default_store_
 
 ENV_PREFIX = "ASPOSE_PROXY_"
 CONFIG_ENV_VAR = f"{ENV_PREFIX}CONFIG"
-# Where the workers of one `run --workers N` share their token schedule (the supervisor sets it).
-TOKEN_STATE_ENV_VAR = f"{ENV_PREFIX}TOKEN_STATE_FILE"
 # What Kubernetes injects for a Service named aspose-proxy[-anything] (service links):
 # ..._SERVICE_HOST, ..._SERVICE_PORT[_NAME], ..._PORT=tcp://ip:port, ..._PORT_8080_TCP[_ADDR...].
 _SERVICE_LINK_NAME = re.compile(
@@ -126,6 +124,9 @@ class Settings(BaseSettings):
     )
     token_wait_timeout: AtStart[Seconds] = Field(
         5.0, gt=0, description="how long a request waits for a token fetch, seconds"
+    )
+    token_timeout: AtStart[Seconds] = Field(
+        30.0, gt=0, description="seconds one token request may take (the proxy's and check's)"
     )
     body_memory_limit: AtStart[int] = Field(
         1 * MiB, ge=0, description="request body bytes kept in memory before spilling to disk"
@@ -514,7 +515,7 @@ def unknown_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str | None]]
     ``tcp://`` value) are recognised and skipped: the user did not write them.
     """
     known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
-    known |= {CONFIG_ENV_VAR, TOKEN_STATE_ENV_VAR}
+    known.add(CONFIG_ENV_VAR)
     found = []
     for name, value in sorted(environ.items()):
         upper = name.upper()

@@ -11,10 +11,12 @@ each has its own token cache. The supervisor:
 - replaces a worker that dies, after a pause that grows while it keeps dying young;
 - passes SIGHUP on; on SIGTERM/SIGINT lets every worker drain and exits 0 once they have.
 
-The workers share a run directory (mode 0700, removed at exit) holding the token schedule file
-(``ASPOSE_PROXY_TOKEN_STATE_FILE``, so a rotation or a rejected secret does not cost one token
-request per worker) and the key that signs local placeholder tokens (a token one worker issued
-is accepted by the others). Worker logs are relayed line-whole through this process's stderr.
+The workers share a run directory (mode 0700, removed at exit, passed as ``--run-dir``) holding
+the key that signs local placeholder tokens (a token one worker issued is accepted by the
+others). The token schedule needs nothing from here: every worker opens the same persistent one
+from its settings (``proxy.token_schedule.open_schedule``), so a rotation or a rejected secret
+does not cost one token request per worker. Worker logs are relayed line-whole through this
+process's stderr.
 """
 
 from __future__ import annotations
@@ -39,12 +41,11 @@ from typing import Any, BinaryIO
 import structlog
 
 from proxy.listening import CannotListen
-from proxy.settings import TOKEN_STATE_ENV_VAR, Settings
+from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.supervisor")
 
 LOCAL_TOKEN_KEY_FILE = "local-token-key"  # noqa: S105 (a file name)
-TOKEN_STATE_FILE = "token-state"  # noqa: S105 (a file name)
 START_TIMEOUT = 30.0
 # A worker that dies within this many seconds of starting counts as dying young: the pause
 # before the next replacement doubles (RESTART_PAUSE up to RESTART_PAUSE_CAP), so a crash loop
@@ -279,11 +280,8 @@ class Supervisor:
             "--supervisor", str(os.getpid()),
             "--run-dir", str(self._run_dir),
         ]  # fmt: skip
-        env = dict(os.environ)
-        env.setdefault(TOKEN_STATE_ENV_VAR, str(self._run_dir / TOKEN_STATE_FILE))
         process = await asyncio.create_subprocess_exec(
             *command,
-            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -17,6 +17,7 @@ import contextlib
 import email.utils
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC
@@ -70,8 +71,9 @@ async def request_token(
     credentials = credentials or Credentials.from_settings(settings)
     form = {"grant_type": "client_credentials", "client_id": credentials.client_id}
     form["client_secret"] = credentials.secret
+    # token_timeout, not upstream_timeout (300 s, for slow conversions): issue 18.
     timeout = aiohttp.ClientTimeout(
-        total=settings.upstream_timeout, sock_connect=settings.connect_timeout
+        total=settings.token_timeout, sock_connect=settings.connect_timeout
     )
     try:
         async with session.post(
@@ -85,7 +87,10 @@ async def request_token(
             status = response.status
             retry_after = response.headers.get("Retry-After")
     except TimeoutError:
-        raise TokenFetchError(f"token endpoint {settings.token_url} timed out") from None
+        raise TokenFetchError(
+            f"token endpoint {settings.token_url} did not answer within token_timeout "
+            f"({settings.token_timeout:g} s)"
+        ) from None
     except aiohttp.ClientSSLError as exc:  # fails closed: the credentials were not sent
         raise TokenFetchError(
             f"token endpoint {settings.token_url}: TLS verification failed "
@@ -93,11 +98,20 @@ async def request_token(
         ) from None
     except aiohttp.ClientError as exc:
         raise TokenFetchError(
-            f"token endpoint {settings.token_url} unreachable ({type(exc).__name__})"
+            f"token endpoint {settings.token_url} unreachable ({_connection_failure(exc)})"
         ) from None
     return parse_token_answer(
         status, body, settings, retry_after=retry_after, client_id=credentials.client_id
     )
+
+
+def _connection_failure(exc: aiohttp.ClientError) -> str:
+    """In words, not an exception class name: "connection refused", "server disconnected"."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return os.strerror(exc.os_error.errno).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    return "connection failed"
 
 
 def parse_token_answer(

@@ -15,14 +15,14 @@ minutes (HTTP 429, ``Retry-After: 600``), for every service using that applicati
 - an upstream 401 may start at most ``Policy.renewals`` (3) token requests per
   ``renewal_window`` (10 s): past that the 401 goes to the client as it is (issue 16).
 
-The state lives in a :class:`MemoryStore` (one process), a :class:`FileStore` (a small JSON
-file guarded by ``fcntl.flock``, which the workers of ``run --workers N`` share) or Redis
-(``proxy/token_schedule_redis.py``: every replica using that Redis). Seam: the supervisor sets
-``ASPOSE_PROXY_TOKEN_STATE_FILE`` (``proxy.settings.TOKEN_STATE_ENV_VAR``) in the workers'
-environment; ``shared_schedule()`` (below) builds a FileStore on it when set. Times are wall-clock
-(``time.time()``, UTC seconds): the state is shared between machines and outlives a reboot,
-which a monotonic clock does not. A store that cannot reach its shared state says so with
-``degraded``; the schedule is then conservative (``Policy.conservative``).
+The state lives in a :class:`FileStore` (a small JSON file guarded by ``fcntl.flock``, next to
+the usage store, which every process on the host shares: ``run``, its workers, ``check``, and
+the next ``run`` after a restart) or Redis (``proxy/token_schedule_redis.py``: every replica
+using that Redis); a :class:`MemoryStore` serves one process (the demo, unit tests, or a state
+directory that cannot be written). ``open_schedule()`` (below) is the one place that picks.
+Times are wall-clock (``time.time()``, UTC seconds): the state is shared between machines and
+outlives a reboot, which a monotonic clock does not. A store that cannot reach its shared state
+says so with ``degraded``; the schedule is then conservative (``Policy.conservative``).
 Credentials are stored only as salted fingerprints, never as secrets.
 """
 
@@ -47,7 +47,8 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from proxy.settings import TOKEN_STATE_ENV_VAR, Settings
+from proxy.settings import Settings
+from proxy.usage.rules import sqlite_path, state_dir
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -401,9 +402,24 @@ def _at(entry: Any) -> float:
     return float(entry["at"] if isinstance(entry, dict) else entry)
 
 
-def shared_schedule(settings: Settings, policy: Policy | None = None) -> Schedule:
-    """Redis when the usage store is Redis (every worker and replica using it, issue 17), else
-    the file named by ``ASPOSE_PROXY_TOKEN_STATE_FILE`` (workers), else this process only."""
+SCHEDULE_FILE = "token-schedule.json"
+
+
+def schedule_file(settings: Settings) -> Path:
+    """Where the schedule persists without Redis: next to a SQLite usage store, else in the
+    state directory (``$XDG_STATE_HOME/aspose-proxy``; ``/var/lib/aspose-proxy`` in the image)."""
+    if settings.usage_store.startswith("sqlite://"):
+        return sqlite_path(settings.usage_store).parent / SCHEDULE_FILE
+    return state_dir() / SCHEDULE_FILE
+
+
+def open_schedule(settings: Settings, policy: Policy | None = None) -> Schedule:
+    """The one token schedule for ``settings``: used by ``run``, its workers and ``check`` alike,
+    so neither a restart, a worker nor a ``check`` can add failed token requests (issue 17/18).
+
+    Redis when the usage store is Redis (every worker and replica using it), else a state file
+    (every process on this host); only when that file cannot be written, this process's memory.
+    """
     store: Store
     if settings.usage_store.startswith(("redis://", "rediss://")):
         # Imported here: the redis client is loaded only by the runs that use it (start-up).
@@ -412,8 +428,17 @@ def shared_schedule(settings: Settings, policy: Policy | None = None) -> Schedul
         store = RedisScheduleStore(
             settings.usage_store, settings.usage_store_password, settings.client_id, _new_state
         )
-    elif path := os.environ.get(TOKEN_STATE_ENV_VAR):
-        store = FileStore(Path(path))
     else:
-        store = MemoryStore()
+        path = schedule_file(settings)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            store = FileStore(path)
+        except OSError as exc:
+            log.warning(
+                "token schedule file cannot be written; this process keeps its own schedule",
+                path=str(path),
+                error=exc.strerror or str(exc),
+            )
+            store = MemoryStore()
     return Schedule(store, policy)

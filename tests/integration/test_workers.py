@@ -18,8 +18,9 @@ import aiohttp
 import psutil
 import pytest
 
-from proxy.settings import TOKEN_STATE_ENV_VAR
+from proxy.settings import Settings
 from proxy.supervisor import worker_count
+from proxy.token_schedule import schedule_file
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LEAK
 
@@ -183,14 +184,15 @@ async def test_an_unknown_variable_is_warned_about_once_not_per_worker(
     assert '"level": "warning"' in warnings[0]
 
 
-async def test_workers_share_the_token_schedule_file(
+async def test_workers_open_the_persistent_token_schedule_from_their_settings(
     start_workers: Callable[..., Any],
 ) -> None:
+    """One fact, one place: no env var or run-dir file names the schedule (issue 18)."""
     running = await start_workers("--workers", "2")
     assert await wait_for(lambda: len(running.workers()) == 2)
-    paths = {w.environ().get(TOKEN_STATE_ENV_VAR) for w in running.workers()}
-    assert len(paths) == 1 and None not in paths, paths
-    assert "ASPOSE_PROXY_TOKEN_STATE_FILE" not in os.environ  # set for the workers only
+    assert schedule_file(Settings()).exists()  # next to the usage store, outliving the run
+    for worker in running.workers():
+        assert not any("TOKEN_STATE" in name for name in worker.environ())
 
 
 async def test_workers_do_not_multiply_token_requests_for_a_rejected_secret(
@@ -310,7 +312,8 @@ async def test_workers_stop_when_the_supervisor_is_killed(
     running = await start_workers("--workers", "2")
     assert await wait_for(lambda: len(running.workers()) == 2)
     workers = running.workers()
-    run_dir = Path(workers[0].environ()[TOKEN_STATE_ENV_VAR]).parent
+    command = workers[0].cmdline()
+    run_dir = Path(command[command.index("--run-dir") + 1])
     assert run_dir.is_dir()
     running.process.kill()
     await running.process.wait()

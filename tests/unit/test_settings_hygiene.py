@@ -68,7 +68,6 @@ def test_an_unknown_name_without_a_close_match_is_still_reported() -> None:
     "name",
     [
         "ASPOSE_PROXY_CONFIG",
-        "ASPOSE_PROXY_TOKEN_STATE_FILE",
         "ASPOSE_PROXY_CLIENT_SECRET_FILE",
         "ASPOSE_PROXY_WORKERS",
         "OTHER_PROGRAM_SETTING",
