@@ -3,6 +3,8 @@
     GET|POST|... /anything      -> 200, a fixed small JSON body (a request body is drained
                                    chunk by chunk and dropped, so 1 GiB uploads cost no memory)
     GET /bytes?size=N           -> N bytes, streamed in 256 KiB chunks, with Content-Length
+    GET /v4.0/barcode/generate/{type}?size=N -> the same N bytes on a path the conversion
+                                   cache may store (bench/cache.py)
     POST /connect/token         -> {"access_token":"x.y.z","expires_in":86400}
     GET /_bench/served          -> how many requests the catch-all route answered
 
@@ -78,6 +80,7 @@ def create_app() -> web.Application:
     app.router.add_get("/_bench/served", served)
     app.router.add_post("/connect/token", token)
     app.router.add_get("/bytes", sized)
+    app.router.add_get("/v4.0/barcode/generate/{type}", sized)
     app.router.add_route("*", "/{tail:.*}", small)
     return app
 

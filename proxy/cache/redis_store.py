@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.cache.store import CHUNK, CorruptEntry, EntryMeta, Stats
@@ -59,6 +61,10 @@ class RedisHit:
             await self._store.remove(self._key)
             raise CorruptEntry(f"cache entry {self._key[:12]} does not match its hash")
 
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        async for chunk in self.body():
+            await response.write(chunk)
+
     async def close(self) -> None:
         return None
 
@@ -80,10 +86,8 @@ class RedisWriter:
             pipe.expire(self._temp, TEMP_TTL)
             await pipe.execute()
 
-    async def commit(self, meta: EntryMeta) -> None:
-        if meta.size != self.size or meta.sha256 != self._digest.hexdigest():
-            await self.abort()
-            raise ValueError("the entry's metadata does not describe what was written")
+    async def commit(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
+        meta = EntryMeta(status, headers, self.size, self._digest.hexdigest(), time.time())
         ttl = self._store.ttl
         async with self._store.client.pipeline(transaction=True) as pipe:
             if self.size:

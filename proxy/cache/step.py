@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from prometheus_client.registry import Collector
 from proxy.cache.flight import Flights
 from proxy.cache.key import BodyDigest, KeyInput, cache_key
 from proxy.cache.policy import Decision, decide
-from proxy.cache.store import CacheStore, CorruptEntry, EntryMeta, Hit, Stats
+from proxy.cache.store import CacheStore, CorruptEntry, Hit, Stats
 from proxy.exchange import REQUEST_ID_HEADER, Exchange
 from proxy.metrics import Metrics
 from proxy.paths import normalise
@@ -250,8 +249,7 @@ class ConversionCache:
             response.content_length = meta.size
             await response.prepare(request)
             try:
-                async for chunk in hit.body():
-                    await response.write(chunk)
+                await hit.send(request, response)
             except CorruptEntry:
                 log.warning("cache entry failed its hash check mid-answer; aborting it")
                 exchange.aborted = True
@@ -321,7 +319,7 @@ class Fill:
                     writer = await cache.store.writer(self.key)
                 except Exception as exc:
                     log.warning("cache store cannot take an entry", cause=type(exc).__name__)
-            size, digest = 0, hashlib.sha256()
+            size = 0
             async for chunk in chunks:
                 size += len(chunk)
                 if writer is not None:
@@ -329,7 +327,6 @@ class Fill:
                         await writer.abort()
                         writer = None
                     else:
-                        digest.update(chunk)
                         try:
                             await writer.write(chunk)
                         except Exception as exc:
@@ -341,9 +338,8 @@ class Fill:
                     await self.queue.put(held)
                 held = chunk  # the last chunk waits for the commit: then the client is done
             if writer is not None:
-                meta = EntryMeta(200, self.headers, size, digest.hexdigest(), time.time())
                 try:
-                    await writer.commit(meta)
+                    await writer.commit(200, self.headers)
                     stored = True
                     writer = None
                     await cache.refresh_stats()

@@ -9,12 +9,44 @@ damaged file never serves a wrong body.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from aiohttp import web
+
 CHUNK = 256 * 1024
+SEGMENT = 4 * 1024 * 1024
+
+
+class Segments:
+    """SHA-256 of the whole body and of each SEGMENT bytes of it, fed in any chunk sizes."""
+
+    __slots__ = ("_current", "_filled", "digest", "done")
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self._current = hashlib.sha256()
+        self._filled = 0
+        self.done: list[str] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), SEGMENT - self._filled)
+            self._current.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == SEGMENT:
+                self.done.append(self._current.hexdigest())
+                self._current, self._filled = hashlib.sha256(), 0
+
+    def segments(self) -> tuple[str, ...]:
+        tail = [self._current.hexdigest()] if self._filled else []
+        return (*self.done, *tail)
 
 
 class CorruptEntry(Exception):
@@ -28,6 +60,8 @@ class EntryMeta:
     size: int
     sha256: str
     stored_at: float
+    # SHA-256 of each SEGMENT bytes of the body (disk): verified by two threads at once.
+    segments: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -37,6 +71,7 @@ class EntryMeta:
                 "size": self.size,
                 "sha256": self.sha256,
                 "stored_at": self.stored_at,
+                "segments": list(self.segments),
             },
             separators=(",", ":"),
         ).encode()
@@ -50,6 +85,7 @@ class EntryMeta:
             int(data["size"]),
             str(data["sha256"]),
             float(data["stored_at"]),
+            tuple(str(d) for d in data.get("segments", ())),
         )
 
 
@@ -66,15 +102,22 @@ class Hit(Protocol):
 
     def body(self) -> AsyncIterator[bytes]: ...
 
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Write the body to the prepared ``response``; ``CorruptEntry`` on a bad hash
+        (before the last bytes are sent)."""
+
     async def close(self) -> None: ...
 
 
 class EntryWriter(Protocol):
-    """A new entry, written as the answer streams; visible to readers only after ``commit``."""
+    """A new entry, written as the answer streams; visible to readers only after ``commit``,
+    which records the status and headers with the length and SHA-256 of what was written."""
+
+    size: int
 
     async def write(self, chunk: bytes) -> None: ...
 
-    async def commit(self, meta: EntryMeta) -> None: ...
+    async def commit(self, status: int, headers: tuple[tuple[str, str], ...]) -> None: ...
 
     async def abort(self) -> None: ...
 

@@ -338,3 +338,24 @@ async def test_cache_scope_client_keeps_clients_apart(
         await put(proxy, **{"X-Proxy-Key": "ci-key-0123456789abcdef"})
         _, headers, _ = await put(proxy, **{"X-Proxy-Key": "web-key-0123456789abc"})
         assert headers["X-Cache"] == second
+
+
+async def test_a_big_hit_is_byte_for_byte_and_a_flipped_byte_aborts_it(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    big = bytes(range(256)) * 36864  # 9 MiB: sent with sendfile, verified in segments
+    _, _, first = await put(proxy, body=big)
+    _, headers, hit = await put(proxy, body=big)
+    assert (headers["X-Cache"], hit) == ("HIT", first)
+    (entry,) = (tmp_path / "cache").glob("??/*")
+    with entry.open("r+b") as damaged:  # same length: only the hash can tell
+        damaged.seek(5 * 2**20)
+        byte = damaged.read(1)
+        damaged.seek(5 * 2**20)
+        damaged.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(aiohttp.ClientPayloadError):  # cut short of Content-Length
+        await put(proxy, body=big)
+    assert not entry.exists()
+    _, headers, _ = await put(proxy, body=big)
+    assert headers["X-Cache"] == "MISS"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from proxy.cache.disk import DiskStore
 from proxy.cache.flight import Flights
 from proxy.cache.redis_store import RedisStore
-from proxy.cache.store import CacheStore, CorruptEntry, EntryMeta
+from proxy.cache.store import CacheStore, CorruptEntry
 
 StoreFactory = Callable[..., CacheStore]
 KEY = "ab" + "0" * 62
@@ -43,14 +43,11 @@ async def _put(store: CacheStore, key: str, body: bytes, stored_at: float | None
     writer = await store.writer(key)
     for at in range(0, len(body), 1000):
         await writer.write(body[at : at + 1000])
-    meta = EntryMeta(
-        200,
-        (("Content-Type", "application/pdf"),),
-        len(body),
-        hashlib.sha256(body).hexdigest(),
-        time.time() if stored_at is None else stored_at,
-    )
-    await writer.commit(meta)
+    if stored_at is None:
+        await writer.commit(200, (("Content-Type", "application/pdf"),))
+        return
+    with patch("time.time", return_value=stored_at):
+        await writer.commit(200, (("Content-Type", "application/pdf"),))
 
 
 async def _read(store: CacheStore, key: str) -> bytes | None:
