@@ -137,7 +137,8 @@ class Store(Protocol):
         """The state, exclusively; changes made to it are kept when the block ends."""
 
 
-def _new_state() -> dict[str, Any]:
+def new_state() -> dict[str, Any]:
+    """A fresh schedule state (every engine stores this shape)."""
     return {
         "salt": secrets.token_hex(16),
         "attempts": [],  # {"id", "at", "fp", "state": pending|rejected|rate_limited}
@@ -157,7 +158,7 @@ class MemoryStore:
     degraded = False
 
     def __init__(self) -> None:
-        self._state = _new_state()
+        self._state = new_state()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
@@ -195,12 +196,12 @@ class FileStore:
 
     def _parse(self, raw: bytes) -> dict[str, Any]:
         if not raw:
-            return _new_state()
+            return new_state()
         try:
             state = json.loads(raw)
         except ValueError:
             state = None
-        fresh = _new_state()
+        fresh = new_state()
         if not isinstance(state, dict) or not set(state) <= set(fresh):
             log.warning("token schedule file unreadable; starting afresh", path=str(self.path))
             return fresh
@@ -426,7 +427,7 @@ def open_schedule(settings: Settings, policy: Policy | None = None) -> Schedule:
         from proxy.token_schedule_redis import RedisScheduleStore
 
         store = RedisScheduleStore(
-            settings.usage_store, settings.usage_store_password, settings.client_id, _new_state
+            settings.usage_store, settings.usage_store_password, settings.client_id, new_state
         )
     else:
         path = schedule_file(settings)

@@ -106,9 +106,9 @@ class RedisScheduleStore:
             yield self._fallback()
             return
         state = self._parse(raw)
+        before = raw if isinstance(raw, str) else ""  # a fresh state (a new salt) is written
         if self.degraded:
             self._merge_outage_into(state)
-        before = json.dumps(state, sort_keys=True)
         try:
             yield state
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from pydantic import SecretStr
 
 from proxy.credentials import Credentials
@@ -19,6 +20,7 @@ from proxy.sandbox import STATE
 from tests.conftest import RunningSandbox, SandboxFactory
 from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.test_workers import Supervised, proxy_env, start_workers, wait_for
+from tests.redis_server import APPEND_ONLY, start_redis
 
 __all__ = ["start_workers"]  # the fixture, shared with test_workers.py
 
@@ -201,3 +203,86 @@ async def test_readyz_and_the_status_page_show_a_failure_another_replica_met(
 async def get_json(proxy: RunningProxy, path: str) -> tuple[int, dict[str, Any]]:
     async with proxy.client.get(proxy.url + path) as response:
         return response.status, await response.json()
+
+
+# -- Redis goes away mid-run ------------------------------------------------------------------
+
+
+def calls_in_redis(client: redis.Redis) -> int:
+    total = 0
+    for key in client.scan_iter("aspose-proxy:usage:*"):
+        for field, value in client.hgetall(key).items():
+            if field.startswith(b"calls\t"):
+                total += int(value)
+    return total
+
+
+def schedule_in_redis(client: redis.Redis) -> dict[str, Any]:
+    [key] = list(client.scan_iter("aspose-proxy:token-schedule:*[^k]"))  # not the lock
+    state: dict[str, Any] = json.loads(client.get(key) or b"{}")
+    return state
+
+
+@pytest.mark.timeout(120)
+async def test_redis_stopped_mid_run_no_crash_conservative_schedule_counts_arrive_later(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server, url = start_redis(redis_dir, persistence=APPEND_ONLY)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    secret = tmp_path / "client-secret"
+    secret.write_text("demo-secret")
+    env = redis_env(
+        sandbox, url, tmp_path, "proxy",
+        ASPOSE_PROXY_CLIENT_SECRET_FILE=str(secret),
+        ASPOSE_PROXY_USAGE_FLUSH_INTERVAL="0.2",
+        ASPOSE_PROXY_BUDGETS=json.dumps([{"client": "*", "product": "cells", "calls": 100}]),
+    )  # fmt: skip
+    del env["ASPOSE_PROXY_CLIENT_SECRET"]
+    proxy = await start_workers(env=env)
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(3):
+            assert (await proxy.get(DISC))[0] == 200
+        assert await wait_for(lambda: calls_in_redis(client) == 3)
+
+        server.terminate()
+        server.wait(timeout=10)
+        for _ in range(4):  # no budget covers these: forwarded, counted in memory
+            assert (await proxy.get(DISC))[0] == 200
+        for _ in range(2):  # a budget does: refused, the cap holds
+            status, _, body = await proxy.get("/v3.0/cells/x")
+            assert status == 503 and json.loads(body)["Error"]["Code"] == "usage_store_unavailable"
+        # Two mistyped rotations: the conservative schedule tries the first only (the shared
+        # one, with 4 failures a window, would try both at once).
+        secret.write_text("a-mistyped-secret-number-one")
+        assert await wait_for(lambda: token_stats(sandbox)[1] == 1, timeout=15)
+        secret.write_text("a-mistyped-secret-number-two")
+        await asyncio.sleep(5)
+        assert token_stats(sandbox)[1] == 1
+        assert (await proxy.get(DISC))[0] == 200  # still serving with the token in hand
+        assert proxy.log.count("token schedule store unreachable") == 1
+        assert proxy.log.count("usage store unreachable") == 1
+
+        server, _ = start_redis(redis_dir, port=port, persistence=APPEND_ONLY)
+        # 3 before, 5 during the outage (kept in memory until Redis took them).
+        assert await wait_for(lambda: calls_in_redis(client) == 8, timeout=15)
+        # Under the budget again: forwarded (the sandbox answers 404 for this path).
+        assert (await proxy.get("/v3.0/cells/x"))[0] == 404
+
+        async def failure_reached_redis() -> bool:
+            await proxy.get("/readyz")  # reads the shared schedule, merging the outage's
+            attempts = schedule_in_redis(client)["attempts"]
+            return [a["state"] for a in attempts] == ["rejected"]
+
+        for _ in range(40):
+            if await failure_reached_redis():
+                break
+            await asyncio.sleep(0.5)
+        assert await failure_reached_redis()
+        assert proxy.process.returncode is None
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ import pytest
 from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.token_client import TokenAnswer, TokenFetchError
-from proxy.token_schedule import FileStore, Schedule
+from proxy.token_schedule import FileStore, Schedule, Store, new_state
+from proxy.token_schedule_redis import RedisScheduleStore
 from proxy.tokens import TokenCache
 from tests.unit.token_fakes import (
     CLIENT_ID,
@@ -194,14 +196,23 @@ async def test_rejected_refresh_keeps_serving_the_cached_token(clock: FakeClock)
 # -- several processes share one schedule -------------------------------------------------------
 
 
-async def test_workers_sharing_a_state_file_fail_once_not_n_times(
-    clock: FakeClock, tmp_path: Any
+@pytest.fixture(params=["file", "redis"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[[], Store]:
+    """One shared schedule state, opened anew per call as each process opens it: the workers'
+    file, or Redis (every replica, issue 17). The same cases run on both engines."""
+    if request.param == "file":
+        path = tmp_path / "token-state"
+        return lambda: FileStore(path)
+    url = request.getfixturevalue("redis_url")
+    return lambda: RedisScheduleStore(url, None, CLIENT_ID, new_state)
+
+
+async def test_workers_sharing_a_state_fail_once_not_n_times(
+    clock: FakeClock, shared_store: Callable[[], Store]
 ) -> None:
     endpoint = Endpoint(clock)
-    path = tmp_path / "token-state"
     workers = [
-        cache_for(endpoint, clock, schedule=Schedule(FileStore(path), clock=clock))
-        for _ in range(4)
+        cache_for(endpoint, clock, schedule=Schedule(shared_store(), clock=clock)) for _ in range(4)
     ]
     for _ in range(3):
         for worker in workers:
@@ -217,7 +228,7 @@ async def test_workers_sharing_a_state_file_fail_once_not_n_times(
 
 
 async def test_workers_all_get_their_token_with_good_credentials(
-    clock: FakeClock, tmp_path: Any
+    clock: FakeClock, shared_store: Callable[[], Store]
 ) -> None:
     endpoint = Endpoint(clock, good={"right"})
     gate = asyncio.Event()
@@ -226,9 +237,8 @@ async def test_workers_all_get_their_token_with_good_credentials(
         await gate.wait()  # all six ask at once: more requests out than the budget has slots
         return await endpoint(credentials)
 
-    path = tmp_path / "token-state"
     workers = [
-        cache_for(slow, clock, "right", Schedule(FileStore(path), clock=clock)) for _ in range(6)
+        cache_for(slow, clock, "right", Schedule(shared_store(), clock=clock)) for _ in range(6)
     ]
     getting = [asyncio.create_task(w.get()) for w in workers]
     await asyncio.sleep(0.05)
