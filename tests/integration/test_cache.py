@@ -359,3 +359,14 @@ async def test_a_big_hit_is_byte_for_byte_and_a_flipped_byte_aborts_it(
     assert not entry.exists()
     _, headers, _ = await put(proxy, body=big)
     assert headers["X-Cache"] == "MISS"
+
+
+async def test_when_the_single_flight_fails_each_waiter_is_forwarded_itself(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    await sandbox.api_fault(status=500, delay=0.5, count=1)  # the leader's call fails, slowly
+    answers = await asyncio.gather(*(put(proxy) for _ in range(5)))
+    assert sorted(status for status, _, _ in answers) == [200, 200, 200, 200, 500]
+    assert {headers["X-Cache"] for _, headers, _ in answers} == {"MISS"}
+    assert await conversions(sandbox) == 4  # each waiter converted for itself
