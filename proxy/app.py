@@ -24,11 +24,11 @@ from proxy.forward import Forwarder
 from proxy.health import ADMITS, METRICS, TOKENS
 from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
-from proxy.oauth import TOKEN_PATHS
 from proxy.pipeline import Guard, Observer, access_guard, add_request_id
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
 from proxy.token_client import request_token
+from proxy.token_form import TOKEN_PATHS
 from proxy.token_schedule import Schedule, open_schedule
 from proxy.tokens import SCHEDULE_POLICY, TokenCache
 from proxy.upstream import Egress, create_session, create_token_session

@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.exchange import EXCHANGE
-from proxy.oauth import TOKEN_PATHS, TokenRequest, matches, read_token_request
+from proxy.token_form import TOKEN_PATHS, TokenRequest, matches, read_token_request
 
 PLACEHOLDER_PREFIX = "aspose-proxy."
 LIFETIME = 86400

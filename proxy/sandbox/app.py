@@ -10,12 +10,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.oauth import TOKEN_PATHS
 from proxy.sandbox import control, conversions, diagnostics, storage
 from proxy.sandbox.config import SandboxConfig
 from proxy.sandbox.middleware import access_log, guard_api
 from proxy.sandbox.state import STATE, SandboxState
 from proxy.sandbox.tokens import token_endpoint
+from proxy.token_form import TOKEN_PATHS
 
 
 async def _data_dir(app: web.Application) -> AsyncIterator[None]:

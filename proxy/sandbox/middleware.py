@@ -13,11 +13,11 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.oauth import TOKEN_PATHS
 from proxy.sandbox.errors import BadRequestError, words_error
 from proxy.sandbox.faults import answer_api_fault, use_once
 from proxy.sandbox.state import STATE, SandboxState
 from proxy.sandbox.tokens import bearer_token, verify_token
+from proxy.token_form import TOKEN_PATHS
 
 CONTROL_PREFIX: Final = "/_sandbox/"
 

@@ -11,10 +11,10 @@ from typing import Final
 import jwt
 from aiohttp import web
 
-from proxy.oauth import matches, read_token_request
 from proxy.sandbox.errors import oauth_error
 from proxy.sandbox.faults import answer_token_fault, use_once
 from proxy.sandbox.state import STATE, SandboxState
+from proxy.token_form import matches, read_token_request
 
 ALGORITHM: Final = "HS256"
 REQUIRED_CLAIMS: Final = ["exp", "iat", "jti", "client_id", "gen"]

@@ -1,4 +1,4 @@
-"""The OAuth client-credentials request as the Aspose SDKs send it, read leniently.
+"""The client-credentials token request form as the Aspose SDKs send it, read leniently.
 
 Shared by the proxy's local token endpoints and the sandbox's real-looking ones. The Words
 Python, .NET and C++ SDKs do not URL-encode the form, so each field keeps both its raw and its
