@@ -227,6 +227,19 @@ async def test_workers_sharing_a_state_fail_once_not_n_times(
     assert [s for _, s in endpoint.requests] == ["wrong", "new-but-wrong"]
 
 
+async def test_workers_and_replicas_share_the_cap_on_renewals_after_a_401(
+    clock: FakeClock, shared_store: Callable[[], Store]
+) -> None:
+    """Issue 16: 3 renewals per 10 s for the application, whatever the number of processes."""
+    endpoint = Endpoint(clock, good={"right"})
+    workers = [
+        cache_for(endpoint, clock, "right", Schedule(shared_store(), clock=clock)) for _ in range(3)
+    ]
+    renewed = [await w.renew(await w.get()) for w in workers * 2]  # each 401s twice
+    assert sum(t is not None for t in renewed) == 3
+    assert len(endpoint.requests) == 3 + 3  # one each at start, then the cap
+
+
 async def test_workers_all_get_their_token_with_good_credentials(
     clock: FakeClock, shared_store: Callable[[], Store]
 ) -> None:

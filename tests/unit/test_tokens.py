@@ -17,7 +17,6 @@ from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.settings import Settings
 from proxy.token_client import TokenAnswer, TokenFetchError, parse_token_answer
-from proxy.token_schedule import FileStore, Schedule
 from proxy.tokens import BACKOFF_CAP, Token, TokenCache
 from tests.unit.token_fakes import (
     CLIENT_ID,
@@ -271,24 +270,6 @@ async def test_a_renewal_that_times_out_keeps_the_token_in_hand(
     fetch.gate.set()
     await wait_until(lambda: cache.valid_token() is not held)  # the late answer is taken
     assert cache.valid_token() is not None
-
-
-async def test_workers_sharing_a_state_file_share_the_renewal_cap(
-    clock: FakeClock, tmp_path: Any
-) -> None:
-    path = tmp_path / "token-schedule.json"
-    workers = [
-        TokenCache(
-            FakeFetch(),
-            wait_timeout=5.0,
-            clock=clock,
-            schedule=Schedule(FileStore(path), clock=clock),
-        )
-        for _ in range(3)
-    ]
-    renewed = [await w.renew(await w.get()) for w in workers * 2]  # each 401s twice
-    assert sum(t is not None for t in renewed) == 3
-    assert sum(w._fetch.calls for w in workers) == 3 + 3  # one each at start, then the cap
 
 
 # -- failures and backoff ------------------------------------------------------------------
