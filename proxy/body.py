@@ -20,6 +20,16 @@ Temp files are unlinked as soon as they are created, so no path (crash, cancella
 disconnect) can leave one behind; closing the handle frees the disk space. When the spool
 cannot be written (directory missing, unwritable, disk full), the request fails with 507
 ``insufficient_storage`` and the log names the directory and what to fix.
+
+Two bounds against a slow or greedy client (issue 16):
+
+- ``BodyDeadline``: a body that sends no byte for ``request_body_timeout`` while the proxy
+  waits for one ends with 408 ``request_timeout`` (the connection closed, the spool file
+  closed; a tee'd upload stops short of its ``Content-Length``, so upstream never has a whole
+  request). One timer per body, re-armed lazily: a read costs one clock reading.
+- ``SpoolSpace``: the bytes this process's spool files hold at once stay under
+  ``spool_max_size``; a tee'd body takes its declared length before anything is read, a
+  spilled one takes what it writes; past the bound, 507 ``insufficient_storage``.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from typing import IO
 import structlog
 from aiohttp import StreamReader
 
-from proxy.errors import BodyTooLarge, InsufficientStorage
+from proxy.errors import BodyTooLarge, InsufficientStorage, RequestTimeout
 
 log = structlog.get_logger("proxy.body")
 
@@ -56,6 +66,97 @@ _FIXES = {
     errno.EDQUOT: "the disk quota is used up: raise it or lower max_body_size",
     errno.EFBIG: "a file size limit (ulimit -f) was hit: raise it or lower max_body_size",
 }
+
+
+class SpoolSpace:
+    """The bytes this process's spool files may hold at once (``spool_max_size``)."""
+
+    __slots__ = ("_warned", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._warned = False
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.limit
+
+    def take(self, size: int) -> None:
+        """Take ``size`` bytes, or raise 507 ``insufficient_storage`` (nothing taken)."""
+        if self.used + size > self.limit:
+            raise self.full(size)
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+        if self.used < self.limit // 2:
+            self._warned = False
+
+    def full(self, size: int) -> InsufficientStorage:
+        if not self._warned:  # once until the spool is half empty again
+            self._warned = True
+            log.warning(
+                "spool_max_size reached: refusing request bodies that do not fit",
+                spool_max_size=self.limit,
+                in_use=self.used,
+                refused=size,
+            )
+        return InsufficientStorage(
+            "The proxy's spool for request bodies is full (spool_max_size): try again later."
+        )
+
+
+class _Stalled(TimeoutError):
+    """What the client's stream raises after the deadline. A ``TimeoutError``: aiohttp's
+    lingering read of an unfinished body, after the 408 went out, takes it as one and closes
+    the connection (any other exception there is logged as an unhandled error)."""
+
+
+class BodyDeadline:
+    """Ends a request body that sends no byte for ``timeout`` seconds while it is awaited.
+
+    The stream gets an exception, so whichever read is waiting (the spooling read, the tee's
+    send upstream, the tee's completion) raises ``RequestTimeout``. Time spent not reading
+    (upstream pushing back on the tee) is not the client's: the timer then re-arms.
+    """
+
+    __slots__ = ("_loop", "_stream", "_timeout", "_timer", "_waiting_since")
+
+    def __init__(self, stream: StreamReader, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if not stream.is_eof():  # a body that came whole with its head needs no timer
+            self._timer = self._loop.call_at(self._loop.time() + timeout, self._check)
+
+    async def read(self) -> bytes:
+        """The next chunk (``b""`` at the end), as ``StreamReader.readany``."""
+        self._waiting_since = self._loop.time()
+        try:
+            return await self._stream.readany()
+        except _Stalled:
+            raise RequestTimeout(
+                f"No byte of the request body arrived for {self._timeout:g} seconds."
+            ) from None
+        finally:
+            self._waiting_since = None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        since, now = self._waiting_since, self._loop.time()
+        if since is not None and now - since >= self._timeout:
+            self._timer = None
+            log.info("no request body byte within request_body_timeout; ending the request")
+            self._stream.set_exception(_Stalled())
+            return
+        start = since if since is not None else now
+        self._timer = self._loop.call_at(start + self._timeout, self._check)
 
 
 def too_large(size: int, limit: int) -> BodyTooLarge:
@@ -83,7 +184,16 @@ def spool_failure(exc: OSError, spool_dir: Path | None) -> InsufficientStorage:
 class RequestBody:
     """The bytes of one request body, readable as many times as the request is sent."""
 
-    __slots__ = ("_file", "_memory", "_memory_size", "_whole", "size", "spilled")
+    __slots__ = (
+        "_claimed",
+        "_file",
+        "_memory",
+        "_memory_size",
+        "_space",
+        "_whole",
+        "size",
+        "spilled",
+    )
 
     # A body read in full never fails after the fact; TeeBody overrides this per instance.
     failure: BaseException | None = None
@@ -96,6 +206,8 @@ class RequestBody:
         self._memory_size = 0
         self._whole: bytes | None = None
         self._file: IO[bytes] | None = None
+        self._space: SpoolSpace | None = None
+        self._claimed = 0  # bytes of the spool space this body holds
         self.spilled = False
         self.size = 0
 
@@ -108,15 +220,21 @@ class RequestBody:
         max_size: int,
         spool_dir: Path | None,
         observe: Callable[[bytes], None] | None = None,
+        body_timeout: float | None = None,
+        space: SpoolSpace | None = None,
     ) -> RequestBody:
         """Read ``stream`` to the end; ``BodyTooLarge`` past ``max_size`` bytes,
-        ``InsufficientStorage`` when a body that must spill cannot be written. ``observe``
+        ``InsufficientStorage`` when a body that must spill cannot be written or would pass
+        ``space``, ``RequestTimeout`` after ``body_timeout`` seconds without a byte. ``observe``
         sees every chunk as it is spooled (the cache key's hash: no second read)."""
         body = cls()
+        body._space = space
+        deadline = BodyDeadline(stream, body_timeout) if body_timeout is not None else None
+        next_chunk = deadline.read if deadline is not None else stream.readany
         slow_writes = 0  # spool writes go on the loop until SLOW_WRITES were slow,
         pending = bytearray()  # then bytes not yet written: the thread gets big batches
         try:
-            while chunk := await stream.readany():
+            while chunk := await next_chunk():
                 body.size += len(chunk)
                 if body.size > max_size:
                     raise too_large(body.size, max_size)
@@ -126,12 +244,14 @@ class RequestBody:
                     body._memory.append(chunk)
                     body._memory_size += len(chunk)
                     if body._memory_size > memory_limit:
+                        body._claim(body._memory_size)
                         body._file = await asyncio.to_thread(_open_spool, spool_dir)
                         body.spilled = True
                         held = b"".join(body._memory)
                         body._memory, body._memory_size = [], 0
                         slow_writes += _write_timed(body._file, held, slow_writes)
                     continue
+                body._claim(len(chunk))
                 if slow_writes < SLOW_WRITES:
                     slow_writes += _write_timed(body._file, chunk, slow_writes)
                     continue
@@ -147,7 +267,21 @@ class RequestBody:
         except BaseException:
             body.close()
             raise
+        finally:
+            if deadline is not None:
+                deadline.stop()
         return body
+
+    def _claim(self, size: int) -> None:
+        """Count ``size`` more spooled bytes against the process's spool space (507 past it)."""
+        if self._space is not None:
+            self._space.take(size)
+            self._claimed += size
+
+    def _give_back_space(self) -> None:
+        if self._space is not None and self._claimed:
+            self._space.give_back(self._claimed)
+            self._claimed = 0
 
     @property
     def in_memory(self) -> bytes | None:
@@ -170,6 +304,7 @@ class RequestBody:
             yield chunk
 
     def close(self) -> None:
+        self._give_back_space()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -192,8 +327,10 @@ class TeeBody(RequestBody):
 
     __slots__ = (
         "_complete",
+        "_deadline",
         "_idle",
         "_loop",
+        "_next_chunk",
         "_pending",
         "_pending_size",
         "_slow_writes",
@@ -218,28 +355,49 @@ class TeeBody(RequestBody):
         self._idle = asyncio.Event()  # set while stream() does not hold the client stream
         self._idle.set()
         self._loop = asyncio.get_running_loop()
+        self._deadline: BodyDeadline | None = None
+        self._next_chunk = stream.readany
 
     @classmethod
-    async def open(cls, stream: StreamReader, *, spool_dir: Path | None) -> TeeBody:
-        """Open the spool file before anything goes upstream: a missing or unwritable
-        ``spool_dir`` fails here, with nothing sent."""
+    async def open(
+        cls,
+        stream: StreamReader,
+        *,
+        spool_dir: Path | None,
+        size: int = 0,
+        body_timeout: float | None = None,
+        space: SpoolSpace | None = None,
+    ) -> TeeBody:
+        """Take ``size`` (the declared length) of ``space`` and open the spool file before
+        anything is read or goes upstream: a full spool, a missing or unwritable
+        ``spool_dir`` fail here, with nothing sent. ``body_timeout``: see ``BodyDeadline``."""
         body = cls(stream, spool_dir)
+        body._space = space
+        body._claim(size)
         try:
             body._file = await asyncio.to_thread(_open_spool, spool_dir)
         except OSError as exc:
+            body.close()
             raise spool_failure(exc, spool_dir) from None
+        except BaseException:
+            body.close()
+            raise
+        if body_timeout is not None:
+            body._deadline = BodyDeadline(stream, body_timeout)
+            body._next_chunk = body._deadline.read
         return body
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The first send's body: each client chunk as it arrives, once it is in the copy."""
         self._idle.clear()
         try:
-            while chunk := await self._stream.readany():
+            while chunk := await self._next_chunk():
                 if self._take(chunk):
                     await self._flush()
                 self._idle.set()
                 yield chunk
                 self._idle.clear()
+            self._stop_deadline()
             await self._settle()
             self._complete = True
         except Exception as exc:  # the handler re-raises it: 507, 413, or the client's error
@@ -255,11 +413,17 @@ class TeeBody(RequestBody):
             raise self.failure
         if self._complete:
             return
-        while chunk := await self._stream.readany():
+        while chunk := await self._next_chunk():
             if self._take(chunk):
                 await self._flush()
+        self._stop_deadline()
         await self._settle()
         self._complete = True
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.stop()
+            self._deadline = None
 
     def _take(self, chunk: bytes) -> bool:
         """Add ``chunk`` to the copy; True when a batch is ready for the thread."""
@@ -307,6 +471,8 @@ class TeeBody(RequestBody):
                 self._start_write()
 
     def close(self) -> None:
+        self._stop_deadline()
+        self._give_back_space()
         writing, spool = self._writing, self._file
         self._file = None
         if spool is None:

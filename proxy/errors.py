@@ -11,11 +11,14 @@
      │                              allow_paths, or a path that could mean another one
      ├── HostNotAllowed       421   host_not_allowed: on a loopback listener, a Host that is
      │                              not a loopback name nor in allow_hosts (DNS rebinding)
+     ├── RequestTimeout       408   request_timeout: no body byte for request_body_timeout;
+     │                              the connection is closed
      ├── BodyTooLarge         413   body_too_large: the body exceeds max_body_size
      ├── HeadTooLarge         431   request_head_too_large: request line, a header field or
      │                              the number of header fields beyond the parser's bounds
      ├── InsufficientStorage  507   insufficient_storage: a big body cannot be spooled
-     │                              (spool_dir missing, unwritable or full)
+     │                              (spool_dir missing, unwritable or full, or the spool
+     │                              files would pass spool_max_size)
      ├── NotFound             404   not_found: a path under /_proxy/ the proxy has no page for
      ├── RateLimited          429   rate_limited: the client's rate_limits bucket is empty;
      │                              carries Retry-After
@@ -52,6 +55,7 @@ class ProxyError(Exception):
     code = "internal_error"
     description = "The proxy failed to handle the request."
     headers: tuple[tuple[str, str], ...] = ()  # extra response headers, e.g. a 401 challenge
+    closes_connection = False  # the answer ends the connection (the request is not over)
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -103,6 +107,13 @@ class HostNotAllowed(ProxyError):
         "The proxy only answers the Host names localhost, IP addresses, its machine's name and "
         "those listed in allow_hosts (ASPOSE_PROXY_ALLOW_HOSTS)."
     )
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    code = "request_timeout"
+    description = "The client sent no byte of the request body for request_body_timeout seconds."
+    closes_connection = True  # the rest of the body may still come: it must not be a request
 
 
 class BodyTooLarge(ProxyError):
@@ -191,9 +202,12 @@ def error_response(error: ProxyError, request_id: str) -> web.Response:
     headers = {ERROR_HEADER: error.code, **dict(error.headers)}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return web.Response(
+    response = web.Response(
         status=error.status,
         text=json.dumps(body),
         content_type="application/json",
         headers=headers,
     )
+    if error.closes_connection:
+        response.force_close()
+    return response

@@ -14,11 +14,11 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from proxy.body import RequestBody, TeeBody, too_large
+from proxy.body import RequestBody, SpoolSpace, TeeBody, too_large
 from proxy.cache.key import BodyDigest
 from proxy.cache.policy import Decision
 from proxy.cache.step import X_CACHE, ConversionCache, Ticket
-from proxy.errors import BadRequest
+from proxy.errors import BadRequest, ProxyError
 from proxy.exchange import EXCHANGE, REQUEST_ID_HEADER, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
@@ -81,6 +81,8 @@ class Forwarder:
         self._memory_limit = settings.body_memory_limit
         self._max_body = settings.max_body_size
         self._spool_dir = settings.spool_dir
+        self._body_timeout = settings.request_body_timeout
+        self._spool = SpoolSpace(settings.spool_max_size)  # this process's, all bodies together
         self._count_replay = metrics.replays.inc
         self._count_stale_retried = metrics.stale_connections.labels("retried").inc
         self._count_stale_failed = metrics.stale_connections.labels("failed").inc
@@ -90,14 +92,17 @@ class Forwarder:
     async def expect_continue(self, request: web.Request) -> None:
         """Answer ``Expect: 100-continue`` ourselves, only for a body we will accept.
 
-        An oversized declared body gets no 100 Continue: the handler answers 413 before the
-        client sends it. ``Expect`` itself is never forwarded.
+        An oversized declared body, or one the spool has no room for, gets no 100 Continue:
+        the handler answers 413 or 507 before the client sends it. ``Expect`` itself is never
+        forwarded.
         """
-        length = request.content_length
+        try:
+            self._refuse_declared(request.content_length)
+        except ProxyError:
+            return
         if (
             request.version >= aiohttp.HttpVersion11
             and request.headers.get("Expect", "").lower() == "100-continue"
-            and (length is None or length <= self._max_body)
         ):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
@@ -111,8 +116,7 @@ class Forwarder:
                 "Only origin-form request targets (a path starting with one /) are forwarded."
             )
         declared = request.content_length
-        if declared is not None and declared > self._max_body:
-            raise too_large(declared, self._max_body)
+        self._refuse_declared(declared)
 
         exchange = request[EXCHANGE]
         cache = self._cache
@@ -125,7 +129,13 @@ class Forwarder:
         if request.body_exists:
             if digest is None and declared is not None and declared > self._memory_limit:
                 # Big, with a known length: streamed upstream as it arrives, copied for a replay.
-                body = await TeeBody.open(request.content, spool_dir=self._spool_dir)
+                body = await TeeBody.open(
+                    request.content,
+                    spool_dir=self._spool_dir,
+                    size=declared,
+                    body_timeout=self._body_timeout,
+                    space=self._spool,
+                )
             else:
                 body = await RequestBody.read(
                     request.content,
@@ -133,6 +143,8 @@ class Forwarder:
                     max_size=self._max_body,
                     spool_dir=self._spool_dir,
                     observe=digest.update if digest is not None else None,
+                    body_timeout=self._body_timeout,
+                    space=self._spool,
                 )
         try:
             if cache is not None and ticket is not None and digest is not None:
@@ -155,6 +167,15 @@ class Forwarder:
                 body.close()
             if cache is not None and ticket is not None:
                 cache.done(ticket)
+
+    def _refuse_declared(self, length: int | None) -> None:
+        """413 or 507 for a declared length the proxy will not take, before a byte is read."""
+        if length is None:
+            return
+        if length > self._max_body:
+            raise too_large(length, self._max_body)
+        if length > self._memory_limit and not self._spool.fits(length):
+            raise self._spool.full(length)  # a body this big is spooled
 
     async def _send(
         self, request: web.Request, raw_target: str, body: RequestBody

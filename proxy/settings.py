@@ -139,11 +139,19 @@ class Settings(BaseSettings):
         examples=["/srv/aspose-proxy/spool"],
         description="where spilled bodies go (system temp dir)",
     )
+    spool_max_size: AtStart[int] = Field(
+        8192 * MiB,
+        gt=0,
+        description="bytes all spool files of the process may hold at once; beyond it 507",
+    )
     shutdown_grace: AtStart[Seconds] = Field(
         30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
     )
     request_header_timeout: AtStart[Seconds] = Field(
         10.0, gt=0, description="seconds a client has to send a whole request head"
+    )
+    request_body_timeout: AtStart[Seconds] = Field(
+        30.0, gt=0, description="seconds without a request body byte before 408 and a close"
     )
     max_connections_per_client: AtStart[int] = Field(
         256,

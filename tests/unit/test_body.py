@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import StreamReader
 
-from proxy.body import SLOW_WRITES, RequestBody, TeeBody
-from proxy.errors import BodyTooLarge, InsufficientStorage
+from proxy.body import SLOW_WRITES, RequestBody, SpoolSpace, TeeBody
+from proxy.errors import BodyTooLarge, InsufficientStorage, RequestTimeout
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -471,3 +471,92 @@ async def test_read_spills_and_replays_identically(
         assert await collect(body) == data
     finally:
         body.close()
+
+
+# -- bounds against slow or greedy clients (issue 16) ---------------------------------------
+
+
+async def test_a_body_that_stalls_raises_request_timeout_and_closes_its_spool_file(
+    spool: Path,
+) -> None:
+    stream = stream_of([b"s" * (100 * KiB)], eof=False)  # spilled, then nothing more
+    with pytest.raises(RequestTimeout):
+        await RequestBody.read(
+            stream, memory_limit=64 * KiB, max_size=MiB, spool_dir=spool, body_timeout=0.05
+        )
+    assert open_files_in(spool) == []
+
+
+async def test_a_tee_that_stalls_stops_its_send_with_request_timeout(spool: Path) -> None:
+    stream = stream_of([b"t" * KiB], eof=False)
+    body = await TeeBody.open(stream, spool_dir=spool, size=MiB, body_timeout=0.05)
+    sent = []
+    with pytest.raises(RequestTimeout):
+        async for chunk in body.stream():
+            sent.append(chunk)
+    assert sent == [b"t" * KiB]
+    body.close()
+    assert open_files_in(spool) == []
+
+
+async def test_the_deadline_is_per_silence_not_for_the_whole_body(spool: Path) -> None:
+    stream = make_stream()
+
+    async def trickle() -> None:
+        for _ in range(6):
+            await asyncio.sleep(0.03)
+            stream.feed_data(b"x")
+        stream.feed_eof()
+
+    feeding = asyncio.create_task(trickle())
+    body = await RequestBody.read(
+        stream, memory_limit=KiB, max_size=KiB, spool_dir=spool, body_timeout=0.1
+    )
+    await feeding
+    assert body.in_memory == b"x" * 6
+
+
+async def test_spilled_bodies_take_spool_space_and_give_it_back(spool: Path) -> None:
+    space = SpoolSpace(300 * KiB)
+    first = await RequestBody.read(
+        stream_of(split(payload(200 * KiB), 10_000)),
+        memory_limit=64 * KiB,
+        max_size=MiB,
+        spool_dir=spool,
+        space=space,
+    )
+    assert space.used == 200 * KiB
+    with pytest.raises(InsufficientStorage):  # 200 KiB more would pass 300 KiB
+        await RequestBody.read(
+            stream_of(split(payload(200 * KiB), 10_000)),
+            memory_limit=64 * KiB,
+            max_size=MiB,
+            spool_dir=spool,
+            space=space,
+        )
+    assert space.used == 200 * KiB  # the refused body gave back what it took
+    assert len(open_files_in(spool)) == 1
+    first.close()
+    assert space.used == 0
+
+
+async def test_a_body_in_memory_takes_no_spool_space(spool: Path) -> None:
+    space = SpoolSpace(1)
+    body = await RequestBody.read(
+        stream_of([b"m" * KiB]), memory_limit=64 * KiB, max_size=MiB, spool_dir=spool, space=space
+    )
+    assert body.in_memory == b"m" * KiB
+    assert space.used == 0
+
+
+async def test_a_tee_takes_its_declared_length_before_reading(spool: Path) -> None:
+    space = SpoolSpace(MiB)
+    stream = stream_of([b"a"], eof=False)
+    held = await TeeBody.open(stream, spool_dir=spool, size=600 * KiB, space=space)
+    assert space.used == 600 * KiB
+    with pytest.raises(InsufficientStorage):
+        await TeeBody.open(make_stream(), spool_dir=spool, size=600 * KiB, space=space)
+    assert space.used == 600 * KiB
+    assert len(open_files_in(spool)) == 1  # the refused one opened no file
+    held.close()
+    assert space.used == 0
