@@ -1,7 +1,7 @@
 """The configured store: ``cache_store`` to a ``CacheStore`` (disk or Redis), or None when off.
 
 The engines are imported here, when chosen: a proxy without a Redis cache never loads redis-py
-(tests/unit/test_import_cost.py)."""
+(tests/integration/test_import_cost.py)."""
 
 from __future__ import annotations
 

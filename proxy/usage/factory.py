@@ -1,8 +1,8 @@
 """``open_store(url)``: the usage store engine a ``usage_store`` URL names.
 
 The engines are imported here only when chosen: a process on the default store never loads
-redis-py (import cost, see tests/unit/test_import_cost.py), not to hide a cycle (the engines
-import only proxy/usage/store.py).
+redis-py (import cost, see tests/integration/test_import_cost.py), not to hide a cycle (the
+engines import only proxy/usage/store.py).
 """
 
 from __future__ import annotations
