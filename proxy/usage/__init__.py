@@ -8,7 +8,8 @@
     redis.py    the shared store for several processes or machines (atomic budgets)
     factory.py  ``open_store(url)``: the engine a ``usage_store`` URL names
     budgets.py  budget pools per period, reserved in the store's ledger
-    rate_limiter.py  token buckets per rate-limit rule
+    rate_limiter.py  token buckets per rate-limit rule, taken in the store's ledger
+    outage.py   one log line per store outage (budgets and rates alike)
     gate.py     the step around the forwarder: check, forward, count
     report.py   the ``/_proxy/usage`` JSON and the ``usage`` command's table
 
