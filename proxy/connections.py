@@ -30,12 +30,18 @@ from typing import Any
 
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.http import SERVER_SOFTWARE, HttpProcessingError
+from aiohttp.http import (
+    SERVER_SOFTWARE,
+    HttpProcessingError,
+    HttpVersion,
+    HttpVersion10,
+    HttpVersion11,
+)
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.errors import BadRequest, HeadTooLarge, ProxyError, error_response
+from proxy.errors import BadRequest, HeadTooLarge, ProxyError, UnsupportedVersion, error_response
 from proxy.exchange import REQUEST_ID_HEADER, request_id_for
 
 log = structlog.get_logger("proxy.connections")
@@ -86,6 +92,20 @@ class _NamedRequest(web.Request):
         for app in match_info._apps:
             if on_response_prepare := app.on_response_prepare:
                 await on_response_prepare.send(self, response)
+
+
+# aiohttp's parser takes a request line without a version (HTTP/0.9) and "HTTP/2.0" (or 0.9)
+# as requests; the proxy answers HTTP/1.0 and 1.1 only (issue 16).
+HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+
+
+def check_http_version(version: HttpVersion) -> None:
+    """400 ``bad_request``, the connection closed, for any other HTTP version: never
+    forwarded (upstream might read such a request line differently)."""
+    if version not in HTTP_VERSIONS:
+        raise UnsupportedVersion(
+            f"HTTP/{version.major}.{version.minor} requests are not answered; use HTTP/1.1."
+        )
 
 
 LOOPBACK = "loopback"

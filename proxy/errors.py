@@ -2,6 +2,7 @@
 
     ProxyError                      (base: status, code, a human sentence)
      ├── BadRequest           400   bad_request: a request the proxy will not forward
+     │    └── UnsupportedVersion      ... not HTTP/1.0 or 1.1; the connection is closed
      ├── ClientAuthRequired   401   client_auth_required: require_client_auth is on and the
      │                              request has no valid X-Proxy-Key or local bearer token
      ├── AddressNotAllowed    403   address_not_allowed: the client address is not in allow_from
@@ -67,6 +68,11 @@ class BadRequest(ProxyError):
     status = 400
     code = "bad_request"
     description = "The proxy only forwards origin-form requests to its configured upstream."
+
+
+class UnsupportedVersion(BadRequest):
+    description = "The proxy answers HTTP/1.0 and HTTP/1.1 requests only."
+    closes_connection = True
 
 
 class ClientAuthRequired(ProxyError):

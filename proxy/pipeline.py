@@ -22,6 +22,7 @@ from aiohttp.hdrs import AUTHORIZATION, HOST, ORIGIN
 from aiohttp.typedefs import Handler, Middleware
 
 from proxy.access import FETCH_SITE, KEY_HEADER, AccessControl, RouteKind
+from proxy.connections import check_http_version
 from proxy.errors import BadRequest, ProxyError, error_response
 from proxy.exchange import (
     CLIENT_CLOSED,
@@ -119,6 +120,7 @@ class Observer:
         started = time.perf_counter()
         status = 500
         try:
+            check_http_version(request.version)  # never an HTTP/0.9 or HTTP/2.0 request line
             if self._guard is not None:
                 # address -> Host/Origin -> client auth -> operation
                 exchange.client = self._guard(request, kind) or None

@@ -132,6 +132,36 @@ async def test_unparsable_head_is_answered_without_quoting_it(
     assert logs.events("unparsable request")
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        f"GET {DISC}\r\n\r\n",  # HTTP/0.9: no version at all
+        f"GET {DISC} HTTP/0.9\r\n\r\n",
+        f"GET {DISC} HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n",
+    ],
+)
+async def test_http_09_and_20_request_lines_get_400_and_are_never_forwarded(
+    proxy: RunningProxy, sandbox: RunningSandbox, request_line: str
+) -> None:
+    before = (await sandbox.stats()).get("api_requests", 0)
+    reader, writer = await connect(proxy.url)
+    try:
+        writer.write(request_line.encode())
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # everything, up to the proxy's close
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == b"400", answer[:200]
+    assert b"X-Proxy-Error: bad_request" in rest
+    assert (await sandbox.stats()).get("api_requests", 0) == before
+
+
+async def test_http_10_requests_are_still_answered(proxy: RunningProxy) -> None:
+    answer = await exchange(proxy.url, f"GET {DISC} HTTP/1.0\r\n\r\n".encode())
+    assert answer.status == 200
+
+
 # -- request-head deadline ------------------------------------------------------------------
 
 
