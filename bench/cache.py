@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             spool.mkdir()
             env = proxy_env(upstream.url, spool, "warning")
             env["ASPOSE_PROXY_CACHE_STORE"] = store
+            env["ASPOSE_PROXY_CACHE_MAX_ENTRY_SIZE"] = str(max(sizes))  # 64 MiB by default
+            env["ASPOSE_PROXY_CACHE_MAX_SIZE"] = str(2 * sum(sizes))
             proc = start_announcing(
                 name, [ASPOSE_PROXY, "run"], env=env, log_path=work / f"{name}.log"
             )

@@ -174,22 +174,26 @@ class DiskHit:
         await asyncio.to_thread(self._handle.close)
 
 
-def _sha256_of(fd: int, offset: int, count: int) -> str:
-    """SHA-256 of ``count`` bytes of ``fd`` from ``offset`` (``os.pread``: the file position,
-    which sendfile moves, is not touched)."""
+def _sha256_of(fd: int, offset: int, count: int, buffer: bytearray | None = None) -> str:
+    """SHA-256 of ``count`` bytes of ``fd`` from ``offset``, read into one reused buffer
+    (``os.preadv``: the file position, which sendfile moves, is not touched; a fresh 1 MiB
+    bytes per read cost a page fault per 4 KiB)."""
     digest = hashlib.sha256()
+    buffer = buffer if buffer is not None else bytearray(READ_CHUNK)
+    view = memoryview(buffer)
     end = offset + count
     while offset < end:
-        chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-        if not chunk:
+        got = os.preadv(fd, [view[: min(READ_CHUNK, end - offset)]], offset)
+        if not got:
             return ""
-        digest.update(chunk)
-        offset += len(chunk)
+        digest.update(view[:got])
+        offset += got
     return digest.hexdigest()
 
 
 def _segment_digests(fd: int, size: int, indexes: range) -> list[str]:
-    return [_sha256_of(fd, i * SEGMENT, min(SEGMENT, size - i * SEGMENT)) for i in indexes]
+    buffer = bytearray(READ_CHUNK)
+    return [_sha256_of(fd, i * SEGMENT, min(SEGMENT, size - i * SEGMENT), buffer) for i in indexes]
 
 
 async def _write_range(response: web.StreamResponse, fd: int, offset: int, count: int) -> None:
