@@ -42,6 +42,18 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 WholeSeconds = Annotated[int, BeforeValidator(parse_duration)]
 
 
+def format_duration(seconds: float) -> str:
+    """5400 -> ``1h30m``, 30 -> ``30s``, 0.5 -> ``0.5s``: how a duration is best written."""
+    if seconds <= 0 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole, parts = int(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)
+
+
 def comma_list(value: object) -> object:
     """A list setting's text: a JSON list, or items separated by commas."""
     if isinstance(value, str):
@@ -79,12 +91,12 @@ def example(field: FieldInfo) -> str:
     """A valid value as one would type it in an env var."""
     if field.examples:
         return str(field.examples[0])
+    default: Any = field.get_default(call_default_factory=True)
     if is_duration(field):
-        return "30s"
+        return format_duration(default) if default else "30s"
     annotation = _unoptional(field.annotation)
     if typing.get_origin(annotation) is typing.Literal:
         return str(typing.get_args(annotation)[0])
-    default: Any = field.get_default(call_default_factory=True)
     if annotation is bool:
         return "true" if not default else "false"
     if isinstance(default, list) and default and all(isinstance(v, str) for v in default):
