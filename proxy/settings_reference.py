@@ -85,10 +85,10 @@ NOTES = {
         "Its client secret. Never logged or printed; not a flag. Set this or `client_secret_file`."
     ),
     "client_secret_file": (
-        "A file holding the secret, e.g. `/run/secrets/aspose_client_secret`; surrounding "
-        "whitespace (the newline of `echo secret > file`) is stripped, an empty file stops "
-        "start-up (exit 2). A relative path in the TOML file is relative to that file. "
-        "Setting both it and `client_secret` is an error."
+        "A file holding the secret, e.g. `/run/secrets/aspose_client_secret`; surrounding"
+        " whitespace (the newline of `echo secret > file`) is stripped, an empty file "
+        "stops start-up (exit 2). A relative path in the TOML file is relative to that "
+        "file. Setting both it and `client_secret` is an error."
     ),
     "upstream_url": (
         "The API every request is forwarded to; the client's raw path and query are "
@@ -127,8 +127,8 @@ NOTES = {
         "How long a request waits for a token being fetched before it gets 503 `token_unavailable`."
     ),
     "token_timeout": (
-        "How long one token request (the proxy's, and `aspose-proxy check`'s) may take; "
-        "a token endpoint answers fast or not at all, so this is not `upstream_timeout`."
+        "How long one token request (the proxy's, and `aspose-proxy check`'s) may take; a"
+        " token endpoint answers fast or not at all, so this is not `upstream_timeout`."
     ),
     "body_memory_limit": (
         "Request bodies are kept (to replay them after a 401): up to this size in memory;"
@@ -143,6 +143,18 @@ NOTES = {
         "Where bodies over `body_memory_limit` are spilled; the files are removed on "
         "every path. Missing, unwritable or full: 507 `insufficient_storage` for such "
         "bodies, and a log line saying what to fix."
+    ),
+    "spool_max_size": (
+        "Bytes the spool files of the process may hold at once, all bodies together (per "
+        "process: per worker). A body whose declared length would pass it gets 507 "
+        "`insufficient_storage` before it is read (no `100 Continue`); a chunked body "
+        "that reaches it midway gets 507 and its file is removed."
+    ),
+    "request_body_timeout": (
+        "Seconds a request body may send no byte while the proxy waits for one; then 408 "
+        "`request_timeout`, the connection is closed, the spool file removed, and an "
+        "upload already streaming upstream is cut short (upstream never gets a complete "
+        "request)."
     ),
     "request_header_timeout": (
         "A client must send a whole request head (request line and headers) within this "
@@ -252,7 +264,7 @@ NOTES = {
         "`~/.cache/aspose-proxy/cache`; `/var/cache/aspose-proxy/cache` in the image), "
         "`file:///absolute/dir`, or `redis://host:port/db` (shared by replicas; a Redis "
         "of its own with `maxmemory-policy allkeys-lru`). A repeated pure conversion is "
-        "answered from it: no credit, `X-Cache: HIT`. See [docs/cache.md](cache.md)."
+        "answered from it: no credit, `X-Cache: HIT`. See [cache.md](cache.md)."
     ),
     "cache_store_password": (
         "The cache Redis's password (a password inside `cache_store` is refused). Not a "
