@@ -5,26 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from aiohttp.hdrs import EXPECT
-from aiohttp.typedefs import Handler
 
 from proxy import health, local_tokens, reload, status_page
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
 from proxy.auth_failures import AuthFailures
 from proxy.cache.engines import open_cache_store
 from proxy.cache.step import CACHE, ConversionCache
-from proxy.connections import CONNECTION_LIMITS, REQUEST_DISPATCH, ConnectionLimits
+from proxy.connections import CONNECTION_LIMITS, ENTRY, ConnectionLimits
 from proxy.credentials import Credentials, CredentialsSource
-from proxy.errors import ProxyError
 from proxy.forward import Forwarder
 from proxy.health import ADMITS, METRICS, TOKENS
 from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
-from proxy.pipeline import Guard, Observer, access_guard, add_request_id
+from proxy.pipeline import Pipeline, access_guard
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
 from proxy.token_client import request_token
@@ -35,10 +32,7 @@ from proxy.upstream import Egress, create_session, create_token_session
 from proxy.usage.gate import USAGE, Usage
 
 SETTINGS = web.AppKey("settings", Settings)
-FORWARDER = web.AppKey("forwarder", Forwarder)
-# The forwarding route's handler: the forwarder inside the usage gate (proxy/usage/gate.py).
-FORWARD: web.AppKey[Handler] = web.AppKey("forward")
-GUARD: web.AppKey[Guard] = web.AppKey("guard")
+PIPELINE = web.AppKey("pipeline", Pipeline)
 # A schedule of this process alone, instead of the persistent one (the demo's isolation).
 TOKEN_SCHEDULE: web.AppKey[Schedule] = web.AppKey("token_schedule")
 
@@ -62,8 +56,9 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     credentials = CredentialsSource(settings, tokens.set_credentials)
     app[RELOAD_HOOKS].append(credentials.reload)
     secret_watch = asyncio.create_task(credentials.watch(), name="secret-file-watch")
-    app[FORWARDER] = Forwarder(settings, session, tokens, app[METRICS], app.get(CACHE))
-    app[FORWARD] = app[USAGE].wrap(app[FORWARDER].handle)
+    forwarder = Forwarder(settings, session, tokens, app[METRICS], app.get(CACHE))
+    # The forwarded request's steps after the guards: budget, (cache,) forward, count.
+    app[PIPELINE].forward = app[USAGE].wrap(forwarder.handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
         yield
@@ -75,65 +70,6 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         await tokens.close()
         await session.close()
         await token_session.close()
-
-
-async def forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARD](request)
-
-
-async def expect_continue(request: web.Request) -> None:
-    """aiohttp calls this before the middleware: a request the guards refuse gets no
-    100 Continue (so no body is sent), and the middleware then answers the refusal."""
-    try:
-        client = request.app[GUARD](request, RouteKind.FORWARD)
-    except ProxyError:
-        return
-    if await request.app[USAGE].refuses(request, client):
-        return  # a spent budget: the handler answers 429 before any body is sent
-    await request.app[FORWARDER].expect_continue(request)
-
-
-def _own_paths(router: web.UrlDispatcher) -> tuple[frozenset[str], tuple[str, ...]]:
-    """The paths of the proxy's own routes: exact ones, and the prefixes of templated ones."""
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for resource in router.resources():
-        if any(route.handler is forward for route in resource):
-            continue  # the catch-all
-        canonical = resource.canonical
-        if "{" in canonical:
-            prefixes.append(canonical[: canonical.index("{")])
-        else:
-            exact.add(canonical)
-    return frozenset(exact), tuple(prefixes)
-
-
-def _dispatch(app: web.Application, observer: Observer) -> Callable[[Handler], Handler]:
-    """Forwarded requests skip aiohttp's router and middleware chain (a fifth of aiohttp's
-    cost for a small request, issue 11): a request whose target certainly resolves to the
-    catch-all route goes straight to ``observer.answer`` as a forwarded request. Anything
-    else (the proxy's own paths, a percent-encoded path that might decode to one, an odd
-    target, an ``Expect`` header, which the route's expect handler answers) takes the
-    routed way."""
-    exact, prefixes = _own_paths(app.router)
-
-    def make(routed: Handler) -> Handler:
-        answer, forwarded, kind = observer.answer, app[FORWARD], RouteKind.FORWARD
-
-        async def dispatch(request: web.Request) -> web.StreamResponse:
-            target = request.raw_path
-            if target[:1] != "/" or EXPECT in request.headers:
-                return await routed(request)
-            path = target.partition("?")[0]
-            if "%" in path:
-                path = request.path  # decoded, as the router would see it
-            if path in exact or path.startswith(prefixes):
-                return await routed(request)
-            return await answer(request, forwarded, kind)
-
-        return dispatch
-
-    return make
 
 
 def _route_kinds(router: web.UrlDispatcher) -> dict[object, RouteKind]:
@@ -164,12 +100,9 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         issuer.client_of if issuer else NO_LOCAL_CLIENTS,
         failed=failures.record,
     )
-    guard = access_guard(access)
-    observer = Observer(metrics, guard, access.route_kinds)
-    app = web.Application(middlewares=[observer.middleware()])
+    app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[GUARD] = guard
     app[ADMITS] = lambda remote: access.rules.admits(remote)  # the rules in force
     reload.setup(app, settings)  # the hook list (with the log level) and SIGHUP
     app[RELOAD_HOOKS].append(access.reload)
@@ -185,7 +118,6 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         app[CACHE] = ConversionCache(settings, store, metrics)
         app.cleanup_ctx.append(app[CACHE].run)
     app.cleanup_ctx.append(_upstream_ctx)
-    app.on_response_prepare.append(add_request_id)
     # Applied by server.start_server to every connection (with the parser's bounds).
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,
@@ -197,7 +129,9 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     status_page.add_routes(app, settings.upstream_url)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
-    app.router.add_route("*", "/{tail:.*}", forward, expect_handler=expect_continue)
     access.route_kinds.update(_route_kinds(app.router))
-    app[REQUEST_DISPATCH] = _dispatch(app, observer)
+    # After the proxy's own routes: the pipeline adds the catch-all and reads the table.
+    pipeline = Pipeline(app, metrics, access_guard(access), access.route_kinds)
+    app[PIPELINE] = pipeline
+    app[ENTRY] = pipeline.handle  # every request, without aiohttp's router and middleware
     return app

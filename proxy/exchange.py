@@ -37,7 +37,15 @@ class Exchange:
     lookup per step, attributes that always exist (``request.get`` on a missing key raises
     and catches a KeyError inside aiohttp, thousands of instructions)."""
 
-    __slots__ = ("aborted", "cached", "client", "request_id", "sent_upstream", "upstream_status")
+    __slots__ = (
+        "aborted",
+        "bytes_sent",
+        "cached",
+        "client",
+        "request_id",
+        "sent_upstream",
+        "upstream_status",
+    )
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -47,6 +55,7 @@ class Exchange:
         # The request was handed to upstream (its head may be on the wire): from here on it is
         # a call, answered or not, even if its client hangs up (issue 16: Aspose bills it).
         self.sent_upstream = False
+        self.bytes_sent = 0  # response body bytes written to the client
         # Upstream answered with this status: the request is a call (counted even if the
         # client left before the answer was sent).
         self.upstream_status: int | None = None

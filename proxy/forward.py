@@ -1,4 +1,4 @@
-"""The catch-all route: buffer the body, rewrite headers, send with a token, stream back.
+"""Forwarding: body -> (cache lookup) -> headers -> send policy (proxy.replay) -> stream back.
 
 Everything that can be computed once (URL parts, timeouts, limits) is computed in
 ``__init__``; the per-request path does only what depends on the request.
@@ -12,17 +12,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
 from yarl import URL
 
+from proxy.aiohttp_internals import WholeResponse
 from proxy.body import RequestBody, SpoolSpace, TeeBody, too_large
 from proxy.cache.key import BodyDigest
 from proxy.cache.policy import Decision
 from proxy.cache.step import X_CACHE, ConversionCache, Ticket
 from proxy.errors import BadRequest, ProxyError
-from proxy.exchange import EXCHANGE, REQUEST_ID_HEADER, Exchange
+from proxy.exchange import EXCHANGE, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.replay import send_with_token
+from proxy.replay import Action, Outcome, next_action, send_policy
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import (
@@ -43,18 +45,60 @@ URLS_REMEMBERED = 1024
 EMPTY_BODY = RequestBody()
 
 
-class _WholeResponse(web.StreamResponse):
-    """A response whose body is already here: headers and body leave in one write."""
+class _Payload:
+    """The request body as each send hands it to aiohttp, and the Content-Length to say."""
 
-    _send_headers_immediately = False
+    __slots__ = ("_body", "data", "length", "streamed")
+
+    def __init__(self, body: RequestBody, declared: int | None, has_length: bool) -> None:
+        self._body = body
+        self.length: list[tuple[str, str]] = []
+        self.streamed = False
+        self.data: bytes | None
+        if body is EMPTY_BODY:
+            # No body; a declared "Content-Length: 0" is kept (aiohttp sends it for b"").
+            self.data = b"" if has_length else None
+            return
+        self.data = body.in_memory
+        if self.data is None:
+            # Streamed (from the client or the disk), so say its length ourselves (aiohttp
+            # does for bytes); a tee body's length is the one the client declared.
+            self.streamed = True
+            size = declared if isinstance(body, TeeBody) else body.size
+            self.length = [("Content-Length", str(size))]
+        elif not self.data and not has_length:
+            self.data = None  # a chunked upload of nothing: send no body at all
+
+    async def stream(self, action: Action) -> AsyncIterator[bytes]:
+        """A streamed body for this send: a tee body goes on from the client the first
+        time, then (a resend or replay) whole from its copy."""
+        body = self._body
+        if not isinstance(body, TeeBody):
+            return body.chunks()
+        if action is Action.SEND:
+            return body.stream()
+        await body.finish()
+        self.length = [("Content-Length", str(body.size))]
+        return body.chunks()
 
 
-def _status(response: aiohttp.ClientResponse) -> int:
-    return response.status
+def _failure(exc: BaseException) -> ProxyError:
+    """The proxy's error for a failed send, logged."""
+    error = map_client_error(exc, "sending the request")
+    log.warning("upstream request failed", error=error.code, cause=type(exc).__name__)
+    return error
 
 
-def _release(response: aiohttp.ClientResponse) -> None:
-    response.release()
+async def _continue(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue`` ourselves, once the request is admitted and its
+    declared size accepted (a refusal gets no 100 Continue: the client sends no body).
+    ``Expect`` itself is never forwarded."""
+    if (
+        request.version >= aiohttp.HttpVersion11
+        and request.headers.get(EXPECT, "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 class Forwarder:
@@ -71,7 +115,6 @@ class Forwarder:
         self._cache = cache
         self._session = session
         self._tokens = tokens
-        self._metrics = metrics
         self._target = UpstreamTarget(settings.upstream_url)
         # Upstream URL per request target: clients repeat a few paths, and a URL reused keeps
         # what yarl and aiohttp cache on it. Cleared when full (endless distinct paths cost a
@@ -83,40 +126,22 @@ class Forwarder:
         self._spool_dir = settings.spool_dir
         self._body_timeout = settings.request_body_timeout
         self._spool = SpoolSpace(settings.spool_max_size)  # this process's, all bodies together
+        self._observe_latency = metrics.observe_upstream_latency
         self._count_replay = metrics.replays.inc
         self._count_stale_retried = metrics.stale_connections.labels("retried").inc
         self._count_stale_failed = metrics.stale_connections.labels("failed").inc
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall.
         self._loop = asyncio.get_running_loop()
 
-    async def expect_continue(self, request: web.Request) -> None:
-        """Answer ``Expect: 100-continue`` ourselves, only for a body we will accept.
-
-        An oversized declared body, or one the spool has no room for, gets no 100 Continue:
-        the handler answers 413 or 507 before the client sends it. ``Expect`` itself is never
-        forwarded.
-        """
-        try:
-            self._refuse_declared(request.content_length)
-        except ProxyError:
-            return
-        if (
-            request.version >= aiohttp.HttpVersion11
-            and request.headers.get("Expect", "").lower() == "100-continue"
-        ):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw_target = request.raw_path
+        """Body, cache lookup, headers, send policy, stream back (the target is origin-form:
+        the pipeline checked it)."""
         if request.method not in FORWARDED_METHODS:
             raise BadRequest(f"The method {request.method} is not forwarded.")
-        if not raw_target.startswith("/") or raw_target.startswith("//"):
-            raise BadRequest(
-                "Only origin-form request targets (a path starting with one /) are forwarded."
-            )
         declared = request.content_length
-        self._refuse_declared(declared)
+        self._refuse_declared(declared)  # before any 100 Continue
+        if EXPECT in request.headers:
+            await _continue(request)
 
         exchange = request[EXCHANGE]
         cache = self._cache
@@ -153,7 +178,7 @@ class Forwarder:
                 if hit is not None:
                     exchange.cached = True
                     return await cache.answer(request, hit, exchange)
-            upstream = await self._send(request, raw_target, body)
+            upstream = await self._send(request, body, exchange)
             exchange.upstream_status = upstream.status
             try:
                 return await self._stream_back(request, upstream, exchange, ticket)
@@ -178,89 +203,59 @@ class Forwarder:
             raise self._spool.full(length)  # a body this big is spooled
 
     async def _send(
-        self, request: web.Request, raw_target: str, body: RequestBody
+        self, request: web.Request, body: RequestBody, exchange: Exchange
     ) -> aiohttp.ClientResponse:
+        """Carry out the send policy (``proxy.replay``): at most two sends."""
+        raw_target = request.raw_path
         url = self._urls.get(raw_target)
         if url is None:
             if len(self._urls) >= URLS_REMEMBERED:
                 self._urls.clear()
             url = self._urls[raw_target] = self._target.url_for(raw_target)
         in_headers = request.headers
-        length: list[tuple[str, str]] = []
-        tee = None
-        if body is EMPTY_BODY:
-            # No body; a declared "Content-Length: 0" is kept (aiohttp sends it for b"").
-            data: bytes | None = b"" if "Content-Length" in in_headers else None
-            spilled = False
-        else:
-            data = body.in_memory
-            spilled = data is None
-            if spilled:
-                # Streamed (from the client or the disk), so say its length ourselves (aiohttp
-                # does for bytes); a tee body's length is the one the client declared.
-                tee = body if isinstance(body, TeeBody) else None
-                size = request.content_length if tee else body.size
-                length = [("Content-Length", str(size))]
-            elif not data and "Content-Length" not in in_headers:
-                data = None  # a chunked upload of nothing: send no body at all
         method = request.method
-        exchange = request[EXCHANGE]
-        idempotent = method in IDEMPOTENT_METHODS
-        session = self._session
-        loop = self._loop
-        observe_latency = self._metrics.observe_upstream_latency
-        sends = 0  # a request goes upstream at most twice: after a 401 or a stale connection
-
-        async def send(token: str) -> aiohttp.ClientResponse:
-            nonlocal sends, length
-            while True:
-                sends += 1
-                payload: object = data
-                if spilled:
-                    if tee is None:
-                        payload = body.chunks()
-                    elif sends == 1:
-                        payload = tee.stream()
-                    else:  # the replay: the whole body from the copy
-                        await tee.finish()
-                        length = [("Content-Length", str(tee.size))]
-                        payload = tee.chunks()
-                out = outbound_request_headers(in_headers, token) + length
-                started = loop.time()
-                exchange.sent_upstream = True  # a client hanging up from here on still pays
-                try:
-                    response = await session.request(
-                        method, url, headers=out, data=payload, allow_redirects=False
-                    )
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    if sends == 1 and never_sent(exc):
-                        exchange.sent_upstream = False  # no connection: not a call
-                    if body.failure is not None:  # the client's side broke, or the spool
-                        raise body.failure from None
-                    if is_stale_connection(exc):
-                        if idempotent and sends == 1:
-                            self._count_stale_retried()
-                            log.info("upstream connection was stale: resending once")
-                            continue
-                        self._count_stale_failed()
-                    error = map_client_error(exc, "sending the request")
-                    log.warning(
-                        "upstream request failed", error=error.code, cause=type(exc).__name__
-                    )
-                    raise error from None
-                observe_latency(loop.time() - started)
+        payload = _Payload(body, request.content_length, "Content-Length" in in_headers)
+        policy = send_policy(method in IDEMPOTENT_METHODS)
+        action = next(policy)
+        tokens = self._tokens
+        # The held token when it is valid (nearly always: no coroutine), else wait for one.
+        token = tokens.valid_token() or await tokens.get()
+        session, loop = self._session, self._loop
+        while True:
+            data = payload.data if not payload.streamed else await payload.stream(action)
+            out = outbound_request_headers(in_headers, token.value) + payload.length
+            started = loop.time()
+            exchange.sent_upstream = True  # a client hanging up from here on still pays
+            try:
+                response = await session.request(
+                    method, url, headers=out, data=data, allow_redirects=False
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if action is Action.SEND and never_sent(exc):
+                    exchange.sent_upstream = False  # no connection: not a call
+                if body.failure is not None:  # the client's side broke, or the spool
+                    raise body.failure from None
+                stale = is_stale_connection(exc)
+                if stale and next_action(policy, Outcome.STALE) is Action.RESEND:
+                    self._count_stale_retried()
+                    log.info("upstream connection was stale: resending once")
+                    action = Action.RESEND
+                    continue
+                if stale:
+                    self._count_stale_failed()
+                raise _failure(exc) from None  # no local holds it: no frame <-> error cycle
+            self._observe_latency(loop.time() - started)
+            outcome = Outcome.UNAUTHORIZED if response.status == 401 else Outcome.ANSWERED
+            if next_action(policy, outcome) is not Action.REPLAY:
+                return response  # done: the answer goes back (a second 401 as it is)
+            action = Action.REPLAY
+            fresh = await tokens.renew(token)
+            if fresh is None:  # no new token now (renewal cap, or it failed): the 401 as is
                 return response
-
-        def may_replay() -> bool:
-            return sends < 2
-
-        return await send_with_token(
-            self._tokens, send, _status, _release, self._on_replay, may_replay
-        )
-
-    def _on_replay(self) -> None:
-        self._count_replay()
-        log.info("upstream answered 401: replaying once with a renewed token")
+            response.release()  # a replayed 401 is never shown to the client
+            token = fresh
+            self._count_replay()
+            log.info("upstream answered 401: replaying once with a renewed token")
 
     async def _stream_back(
         self,
@@ -271,7 +266,6 @@ class Forwarder:
     ) -> web.StreamResponse:
         status, reason = upstream.status, upstream.reason
         headers = outbound_response_headers(upstream.headers)
-        headers.append((REQUEST_ID_HEADER, exchange.request_id))  # upstream's own is dropped
         length = upstream.headers.get("Content-Length")
         has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
         chunks = None
@@ -284,11 +278,12 @@ class Forwarder:
         if chunks is None and has_body and content.is_eof():
             # The whole body came with the headers (most API answers): one write, no loop.
             body = content.read_nowait()
-            whole = _WholeResponse(status=status, reason=reason, headers=headers)
+            whole = WholeResponse(status=status, reason=reason, headers=headers)
             if length is not None:
                 whole.content_length = len(body)
             await whole.prepare(request)
             await whole.write_eof(body)
+            exchange.bytes_sent = len(body)
             return whole
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         if length is not None and length.isdigit():
@@ -299,10 +294,14 @@ class Forwarder:
         try:
             async for chunk in chunks or self._body(upstream):
                 await response.write(chunk)
+                exchange.bytes_sent += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The client must see a broken response, not a complete-looking one: close the
             # connection without the final chunk (or short of Content-Length).
             log.warning("upstream broke mid-body; aborting the response", cause=type(exc).__name__)
+            # aiohttp keeps the exception on the upstream response, which this frame holds:
+            # its traceback (this frame) would make a cycle only a full collection frees.
+            exc.__traceback__ = None
             exchange.aborted = True
             if request.transport is not None:
                 request.transport.close()

@@ -19,6 +19,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from proxy.access_log import AccessLine
 from proxy.log_output import LineSink, SinkHandler, SinkLoggerFactory
 
 LogFormat = Literal["json", "console"]
@@ -183,10 +184,19 @@ class IsoTimestamp:
         return event_dict
 
 
+_LEAD = ("timestamp", "level", "event")
+
+
+def lead_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Every line starts with ``timestamp``, ``level``, ``event`` (issue 18): what a reader
+    scans first, in the same place on every line."""
+    lead = {key: event_dict.pop(key) for key in _LEAD if key in event_dict}
+    lead.update(event_dict)
+    return lead
+
+
 # Built once: json.dumps(default=...) builds a new encoder on every call.
 _json_encoder = json.JSONEncoder(default=repr)
-# A string as the encoder quotes it (ensure_ascii), without its per-call set-up.
-_quote = json.encoder.encode_basestring_ascii
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -212,6 +222,7 @@ def build_processors(
         # Plain tracebacks: never local variables (they may hold secrets).
         structlog.processors.format_exc_info,
         Redactor(secrets),
+        lead_fields,
     ]
     renderer: Processor
     if log_format == "json":
@@ -267,104 +278,16 @@ def configure_logging(
     # is passed in), no stack or exception to render; same timestamp, redaction and renderer.
     timestamper = next(p for p in shared if isinstance(p, IsoTimestamp))
     _redactor = redactor = next(p for p in shared if isinstance(p, Redactor))
-    _access = AccessLine(sink, level, timestamper, redactor, renderer)
+    _access = AccessLine(
+        sink.write,
+        level <= logging.INFO,
+        timestamper.now,
+        redactor.redact,
+        (timestamper, redactor, lead_fields, renderer),
+        json_lines=isinstance(renderer, structlog.processors.JSONRenderer),
+    )
+    redactor.on_change(_access.forget)
     return sink
-
-
-class AccessLine:
-    """The one line per request, without structlog's machinery around it.
-
-    Same fields, order, timestamp, redaction and output as a structlog logger with the chain
-    ``[timestamp, redactor, renderer]``, for a fraction of the cost (issue 11: the line was
-    ~62k of the proxy's ~640k instructions per small request). In JSON the line is one
-    f-string: only what the client chose (the path, a request id it sent, an unusual method)
-    gets the Redactor's look and JSON quoting, and the quoted path is remembered (API clients
-    repeat a few paths); everything else is the proxy's own text, quoted once. The console
-    format takes the processor chain.
-    """
-
-    def __init__(
-        self,
-        sink: LineSink,
-        level: int,
-        timestamper: IsoTimestamp,
-        redactor: Redactor,
-        renderer: Processor,
-    ) -> None:
-        self._write = sink.write
-        self.enabled = level <= logging.INFO  # read per request: a reload may change it
-        self._timestamper = timestamper
-        self._redactor = redactor
-        self._processors = (timestamper, redactor, renderer)
-        self._json = isinstance(renderer, structlog.processors.JSONRenderer)
-        # Client-chosen text as it appears in the line (redacted, quoted), by raw value.
-        self._paths: dict[str, str] = {}
-        self._quoted: dict[str, str] = {m: _quote(m) for m in _METHODS}
-        redactor.on_change(self.forget)
-
-    def forget(self) -> None:
-        """A secret was added: what was quoted before must be looked at again."""
-        self._paths.clear()
-        self._quoted = {m: _quote(m) for m in _METHODS}
-
-    def _text(self, value: str) -> str:
-        """``value`` redacted and JSON-quoted."""
-        return _quote(self._redactor.redact(value))
-
-    def request(
-        self,
-        request_id: str,
-        method: str,
-        path: str,
-        status: int,
-        duration_ms: float,
-        client: str | None = None,
-        aborted: bool = False,
-        id_from_client: bool = True,
-    ) -> None:
-        """Write the line for one answered request (``path`` without its query)."""
-        if not self._json:  # the console: through the processor chain
-            event: Any = {
-                "event": "request",
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": round(duration_ms, 2),
-            }
-            if aborted:
-                event["aborted"] = True
-            if client:
-                event["client"] = client
-            event["logger"], event["level"] = ACCESS_LOGGER, "info"
-            for processor in self._processors:
-                event = processor(None, "info", event)
-            self._write(event)
-            return
-        quoted_path = self._paths.get(path)
-        if quoted_path is None:
-            if len(self._paths) >= _REMEMBERED:
-                self._paths.clear()
-            quoted_path = self._paths[path] = self._text(path)
-        quoted_method = self._quoted.get(method)
-        if quoted_method is None:
-            quoted_method = self._text(method)
-        rid = self._text(request_id) if id_from_client else f'"{request_id}"'
-        extra = ""
-        if aborted:
-            extra = ', "aborted": true'
-        if client:
-            quoted_client = self._quoted.get(client)
-            if quoted_client is None:
-                if len(self._quoted) >= _REMEMBERED:
-                    self.forget()
-                quoted_client = self._quoted[client] = self._text(client)
-            extra += f', "client": {quoted_client}'
-        self._write(
-            f'{{"event": "request", "request_id": {rid}, "method": {quoted_method}, '
-            f'"path": {quoted_path}, "status": {status}, "duration_ms": {duration_ms:.2f}'
-            f'{extra}{_ACCESS_TAIL}{self._timestamper.now()}"}}'
-        )
 
 
 def add_secrets(secrets: Iterable[str]) -> None:
@@ -394,8 +317,3 @@ def access_logger() -> AccessLine:
 _sink: LineSink | None = None
 _access: AccessLine | None = None
 _redactor: Redactor | None = None
-_REMEMBERED = 4096  # distinct paths (or client names) whose quoted text is kept
-# The methods the proxy forwards (proxy/forward.py): quoted once, never client-chosen text.
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-ACCESS_LOGGER = "proxy.access"
-_ACCESS_TAIL = f', "logger": "{ACCESS_LOGGER}", "level": "info", "timestamp": "'

@@ -1,10 +1,11 @@
-"""Per-request bookkeeping: request id, access guards, one canonical log line, metrics, errors.
+"""The one entry for every request: own route or forwarded, request id, guards, errors,
+metrics and one access line.
 
 Every error the proxy makes itself becomes a response here, in one place. The guards run in
-one fixed order (DESIGN.md "The next layer"), each a decision from ``proxy.access``:
+one fixed order, each a decision from ``proxy.access``:
 
     address (allow_from) -> Host/Origin -> client auth -> operation (methods, paths)
-    -> budget / rate limit -> handler
+    -> (forwarded) origin form -> budget / rate limit -> forward -> count
 
 Probes (/healthz, /readyz) skip every guard; /metrics and the local token endpoints get the
 address and Host/Origin guards only (nothing is forwarded from them).
@@ -18,19 +19,14 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
-from aiohttp.hdrs import AUTHORIZATION, HOST, ORIGIN
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.hdrs import AUTHORIZATION, EXPECT, HOST, ORIGIN
+from aiohttp.typedefs import Handler
 
 from proxy.access import FETCH_SITE, KEY_HEADER, AccessControl, RouteKind
+from proxy.aiohttp_internals import route_info, set_route
 from proxy.connections import check_http_version
 from proxy.errors import BadRequest, ProxyError, error_response
-from proxy.exchange import (
-    CLIENT_CLOSED,
-    EXCHANGE,
-    REQUEST_ID_HEADER,
-    Exchange,
-    request_id_of,
-)
+from proxy.exchange import CLIENT_CLOSED, EXCHANGE, Exchange, request_id_of
 from proxy.log_setup import CURRENT_REQUEST_ID, access_logger
 from proxy.metrics import Metrics
 
@@ -82,36 +78,97 @@ def access_guard(access: AccessControl) -> Guard:
     return guard
 
 
-async def _odd_target(request: web.Request) -> web.StreamResponse:
-    # The catch-all route takes every origin-form path: a router miss means an absolute-form,
-    # authority-form (CONNECT) or otherwise odd target.
-    raise BadRequest("Only origin-form requests (a path starting with /) are forwarded.")
+class OwnRoutes:
+    """The proxy's own paths, a small table matched on the decoded path: exact paths and the
+    prefixes of templated ones (everything but the catch-all route in ``router``)."""
+
+    def __init__(self, router: web.UrlDispatcher, catch_all: web.AbstractResource) -> None:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for resource in router.resources():
+            if resource is catch_all:
+                continue
+            canonical = resource.canonical
+            if "{" in canonical:
+                prefixes.append(canonical[: canonical.index("{")])
+            else:
+                exact.add(canonical)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+
+    def match(self, request: web.Request) -> bool:
+        """Whether ``request`` may be for one of the proxy's own routes."""
+        target = request.raw_path
+        path = target.partition("?")[0]
+        if "%" in path or target[:1] != "/":
+            path = request.path  # decoded (and an absolute-form target's path), as routed
+        return path in self._exact or path.startswith(self._prefixes)
 
 
-class Observer:
-    """Per-request bookkeeping around a handler: request id, guards, errors, metrics, one line.
+def origin_form(target: str) -> bool:
+    """Only a path starting with one ``/`` is forwarded (RFC 9112 §3.2.1): never an
+    absolute-form (``http://...``), authority-form (CONNECT) or ``//host`` target."""
+    return target[:1] == "/" and target[:2] != "//"
 
-    ``middleware()`` applies it to the routes of the app (the proxy's own endpoints); the
-    server hands forwarded requests to ``answer`` without routing (``app._dispatch``): same
-    steps, same order, same line.
+
+def body_size(response: web.StreamResponse) -> int:
+    """The body bytes of one of the proxy's own answers."""
+    return (response.content_length or 0) if isinstance(response, web.Response) else 0
+
+
+async def _forwarded(request: web.Request) -> web.StreamResponse:
+    """The catch-all route's handler: never called (the pipeline forwards by itself)."""
+    raise InternalError("The forwarding step is not set up.")
+
+
+class Pipeline:
+    """The one entry for every request, read top to bottom (DESIGN.md "One pipeline"):
+
+    own route? -> request id -> guards -> (forwarded: origin form -> budget -> forward -> count)
+    -> errors as the proxy's JSON -> metrics and one access line.
+
+    ``forward`` is the forwarding step inside the usage gate (budget before, count after);
+    ``create_app`` sets it once the upstream session exists. A cache lookup goes there too,
+    inside the gate and before the forwarder. ``X-Request-Id`` and ``Server`` are set where
+    responses leave (``aiohttp_internals.LeavingRequest``).
     """
 
     def __init__(
         self,
+        app: web.Application,
         metrics: Metrics,
-        guard: Guard | None = None,
-        route_kinds: dict[object, RouteKind] | None = None,
+        guard: Guard,
+        route_kinds: dict[object, RouteKind],
     ) -> None:
-        # Bound once, after logging is configured: no lookup per request.
-        self._access_log = access_logger()
+        self._app = app
+        self._router = app.router
+        self._guard = guard
+        self._kinds = route_kinds
         self._count_request = metrics.count_request
         self._count_error = metrics.count_error
-        self._guard = guard
-        self.route_kinds = route_kinds if route_kinds is not None else {}
+        # The catch-all route, added after the proxy's own: its match is shared by every
+        # forwarded request (request.app and the app's hooks work as if routed).
+        catch_all = app.router.add_route("*", "/{tail:.*}", _forwarded)
+        assert catch_all.resource is not None
+        self._own = OwnRoutes(app.router, catch_all.resource)
+        self._catch_all = catch_all
+        self._forwarded = route_info(app, catch_all, {})
+        self.forward: Handler = _forwarded  # until the upstream session exists
+        # Bound once, after logging is configured: no lookup per request.
+        self._access_log = access_logger()
 
-    async def answer(
-        self, request: web.Request, handler: Handler, kind: RouteKind
-    ) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self._own.match(request):
+            # aiohttp's router decides among the proxy's own routes (rare requests): a
+            # method the route lacks falls to the catch-all, as it always did.
+            match_info = await self._router.resolve(request)
+            match_info.add_app(self._app)
+            match_info.freeze()
+        else:
+            match_info = self._forwarded
+        set_route(request, match_info)
+        route = match_info.route
+        kind = self._kinds.get(route, RouteKind.FORWARD)
         request_id, from_client = request_id_of(request)
         exchange = request[EXCHANGE] = Exchange(request_id)
         # Each request runs in its own task with a copy of the server's (clean) context,
@@ -121,13 +178,19 @@ class Observer:
         status = 500
         try:
             check_http_version(request.version)  # never an HTTP/0.9 or HTTP/2.0 request line
-            if self._guard is not None:
-                # address -> Host/Origin -> client auth -> operation
-                exchange.client = self._guard(request, kind) or None
-            # Next in the fixed order: rate limit / budget, then the count once upstream
-            # answered: proxy/usage/gate.py wraps the forwarding handler, so only forwarded
-            # requests pass it.
-            response = await handler(request)
+            # address -> Host/Origin -> client auth -> operation
+            exchange.client = self._guard(request, kind) or None
+            if route is self._catch_all:
+                if not origin_form(request.raw_path):
+                    raise BadRequest(
+                        "Only origin-form requests (a path starting with one /) are forwarded."
+                    )
+                response = await self.forward(request)  # budget -> forward -> count
+            else:
+                if EXPECT in request.headers:
+                    await match_info.expect_handler(request)  # 100 Continue (or 417)
+                response = await route.handler(request)
+                exchange.bytes_sent = body_size(response)
             status = response.status
             return response
         except ProxyError as error:
@@ -135,21 +198,18 @@ class Observer:
             self._count_error(status, error.code)
             log.debug("proxy error", error=error.code, message=error.message)
             refusal = error_response(error, request_id)
-            refusal.headers[REQUEST_ID_HEADER] = request_id
+            exchange.bytes_sent = body_size(refusal)
             return refusal
         except web.HTTPException as exc:
             status = exc.status
             raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        except ConnectionError:
+        except (asyncio.CancelledError, ConnectionError):
             status = CLIENT_CLOSED
             raise
         except Exception:
             log.exception("unhandled error")
             failure = error_response(InternalError("The proxy failed unexpectedly."), request_id)
-            failure.headers[REQUEST_ID_HEADER] = request_id
+            exchange.bytes_sent = body_size(failure)
             return failure
         finally:
             self._count_request(status)
@@ -164,24 +224,7 @@ class Observer:
                     exchange.client,
                     exchange.aborted,
                     from_client,
+                    request.remote,
+                    request.content.total_bytes,
+                    exchange.bytes_sent,
                 )
-
-    def middleware(self) -> Middleware:
-        """The app's middleware: the route's kind picks the guards."""
-        answer, kinds, forward = self.answer, self.route_kinds, RouteKind.FORWARD
-
-        @web.middleware
-        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            match_info = request.match_info
-            if match_info.http_exception is not None:
-                handler = _odd_target
-            return await answer(request, handler, kinds.get(match_info.route, forward))
-
-        return middleware
-
-
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response carries the id that is in the logs."""
-    exchange = request.get(EXCHANGE)
-    if exchange is not None:
-        response.headers[REQUEST_ID_HEADER] = exchange.request_id

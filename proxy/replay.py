@@ -1,48 +1,61 @@
-"""The retry-once policy, after httpx's auth flow: send, and on 401 renew and replay once.
+"""The send policy: the one rule for a second send, after httpx's ``auth_flow``.
 
-Kept free of sockets: ``send`` and ``release`` are passed in, so the policy is unit-tested
-with plain functions. A second 401 goes back to the client as it is.
+A request goes upstream at most twice (``MAX_SENDS``). After a send:
+
+- the pooled connection was stale (it broke before any answer): resend once, idempotent
+  methods only (RFC 9110 §9.2.2: safe to send twice);
+- upstream answered 401: renew the token (unless another request already did) and replay
+  once; the first 401 is released, never shown to the client. When no new token can be had
+  (the renewal cap, or the renewal failed), the sender gives the 401 back as it is;
+- anything else, or a second send whatever it gave: done. The answer goes back to the client
+  (a second 401 as it is), a failure is raised.
+
+The policy is a generator, free of sockets and tokens: it yields what to do, the sender
+(``proxy.forward``) carries it out and sends back what happened::
+
+    policy = send_policy(idempotent)
+    action = next(policy)              # SEND
+    action = policy.send(outcome)      # RESEND or REPLAY; StopIteration when done
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+import enum
+from collections.abc import Generator
 
-from proxy.tokens import Token
-
-R = TypeVar("R")
+MAX_SENDS = 2
 
 
-class TokenSource(Protocol):
-    def valid_token(self) -> Token | None: ...
-    async def get(self) -> Token: ...
-    async def renew(self, rejected: Token) -> Token | None: ...
+class Action(enum.Enum):
+    SEND = "send"  # with the token held
+    RESEND = "resend"  # the same request again, on a fresh connection
+    REPLAY = "replay"  # renew the token, then the same request again
 
 
-async def send_with_token(
-    tokens: TokenSource,
-    send: Callable[[str], Awaitable[R]],
-    status_of: Callable[[R], int],
-    release: Callable[[R], object],
-    on_replay: Callable[[], None] = lambda: None,
-    may_replay: Callable[[], bool] = lambda: True,
-) -> R:
-    """``send(token)``; on 401 renew the token, release that response and send once more.
+class Outcome(enum.Enum):
+    ANSWERED = "answered"  # any status but 401
+    UNAUTHORIZED = "unauthorized"  # 401
+    STALE = "stale"  # the connection broke before any answer
 
-    When no new token can be had (``renew`` gives None) the 401 goes back as it is.
 
-    ``may_replay`` is asked first: a request already resent once (a stale connection) is not
-    sent a third time, its 401 goes back to the client as it is.
-    """
-    # The held token when it is valid (nearly always: no coroutine), else wait for one.
-    token = tokens.valid_token() or await tokens.get()
-    response = await send(token.value)
-    if status_of(response) != 401 or not may_replay():
-        return response
-    fresh = await tokens.renew(token)
-    if fresh is None:  # no new token now (renewal cap, or the renewal failed): the 401 as is
-        return response
-    release(response)  # a replayed 401 is never shown to the client
-    on_replay()
-    return await send(fresh.value)
+Policy = Generator[Action, Outcome, None]
+
+
+def send_policy(idempotent: bool) -> Policy:
+    """What to do after each send, for a request of an (RFC 9110) idempotent method or not."""
+    outcome = yield Action.SEND
+    for _ in range(MAX_SENDS - 1):
+        if outcome is Outcome.STALE and idempotent:
+            outcome = yield Action.RESEND
+        elif outcome is Outcome.UNAUTHORIZED:
+            outcome = yield Action.REPLAY
+        else:
+            return
+
+
+def next_action(policy: Policy, outcome: Outcome) -> Action | None:
+    """The policy's answer to ``outcome``: the next send, or None when it is done."""
+    try:
+        return policy.send(outcome)
+    except StopIteration:
+        return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.connections import CONNECTION_LIMITS, GuardedRunner
+from proxy.connections import CONNECTION_LIMITS, guarded_runner
 
 
 @dataclass
@@ -48,7 +48,7 @@ async def start_server(
     }
     limits = app.get(CONNECTION_LIMITS)
     runner = (
-        web.AppRunner(app, **options) if limits is None else GuardedRunner(app, limits, **options)
+        web.AppRunner(app, **options) if limits is None else guarded_runner(app, limits, **options)
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)

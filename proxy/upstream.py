@@ -23,6 +23,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from proxy.aiohttp_internals import disable_connection_retry
 from proxy.errors import ProxyError, UpstreamTimeout, UpstreamTLSError, UpstreamUnreachable
 from proxy.settings import Settings
 
@@ -94,9 +95,9 @@ def create_session(settings: Settings, egress: Egress) -> aiohttp.ClientSession:
         ),
     )
     # aiohttp silently resends idempotent requests whose connection broke (RFC 9112 §9.3.1);
-    # the handler does that itself (once, counted, body replayed from its copy) so that a
+    # the send policy does that itself (once, counted, body replayed from its copy) so that a
     # request reaches upstream at most twice. aiohttp has no public switch for this.
-    session._retry_connection = False
+    disable_connection_retry(session)
     return session
 
 

@@ -32,7 +32,7 @@ async def local_token(proxy: RunningProxy, client_id: str, secret: str) -> str:
 
 def access_lines(logs: LogCapture) -> dict[str, dict[str, Any]]:
     lines = [json.loads(line) for line in logs.events("request")]
-    return {line["request_id"]: line for line in lines if line.get("logger") == "proxy.access"}
+    return {line["request_id"]: line for line in lines if line.get("logger") == "proxy.access_log"}
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,7 @@ async def test_local_client_id_appears_in_the_access_log(
     lines = [
         line
         for line in map(json.loads, logs.events("request"))
-        if line.get("logger") == "proxy.access"
+        if line.get("logger") == "proxy.access_log"
     ]
     api_lines = [line for line in lines if line.get("path") == "/v4.0/words/storage/disc"]
     by_id = {line["request_id"]: line for line in api_lines}

@@ -32,7 +32,7 @@ def sdk_token_requests(logs: LogCapture) -> int:
     return sum(
         1
         for line in map(json.loads, logs.events("request"))
-        if line.get("logger") == "proxy.access" and line["path"] == "/v4.0/words/connect/token"
+        if line.get("logger") == "proxy.access_log" and line["path"] == "/v4.0/words/connect/token"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -289,7 +290,10 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
         assert status == 200, body
     assert await asyncio.wait_for(running.process.wait(), 15) == 0
     assert all(not w.is_running() or w.status() == psutil.STATUS_ZOMBIE for w in workers)
-    assert '"event": "stopped", "logger": "proxy.supervisor"' in running.log
+    lines = [json.loads(raw) for raw in running.log.splitlines() if raw.startswith("{")]
+    assert any(
+        line["event"] == "stopped" and line.get("logger") == "proxy.supervisor" for line in lines
+    )
 
 
 async def test_sighup_is_passed_on_to_every_worker(

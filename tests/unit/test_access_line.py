@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from typing import Any
 
 import pytest
+import structlog
 
 from proxy import log_setup as proxy_logging
 from proxy.log_setup import REDACTED, configure_logging, set_log_level
@@ -45,12 +48,15 @@ def _chain(**request: Any) -> dict[str, Any]:
         "path": request["path"],
         "status": request["status"],
         "duration_ms": round(request["duration_ms"], 2),
+        "remote_addr": request.get("remote_addr"),
+        "bytes_received": request.get("bytes_received", 0),
+        "bytes_sent": request.get("bytes_sent", 0),
     }
     if request.get("aborted"):
         event["aborted"] = True
     if request.get("client"):
         event["client"] = request["client"]
-    event.update(logger="proxy.access", level="info")
+    event.update(logger="proxy.access_log", level="info")
     for processor in proxy_logging.access_logger()._processors:
         event = processor(None, "info", event)
     parsed: dict[str, Any] = json.loads(event)
@@ -59,6 +65,15 @@ def _chain(**request: Any) -> dict[str, Any]:
 
 REQUESTS = [
     {"request_id": "abc", "method": "GET", "path": "/v4.0/words/x", "status": 200},
+    {
+        "request_id": "up",
+        "method": "POST",
+        "path": "/v4.0/words/convert",
+        "status": 200,
+        "remote_addr": "::1",
+        "bytes_received": 5242880,
+        "bytes_sent": 1234,
+    },
     {
         "request_id": "r",
         "method": "PUT",
@@ -131,3 +146,28 @@ def test_the_level_is_read_per_request() -> None:
     assert not line.enabled
     set_log_level("info")
     assert line.enabled
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_the_line_carries_the_client_address_and_the_body_bytes_each_way(log_format: str) -> None:
+    fields = {"remote_addr": "127.0.0.1", "bytes_received": 5000, "bytes_sent": 42}
+    written, raw = _line(log_format, **fields)
+    if log_format == "json":
+        assert {k: written[k] for k in fields} == fields
+    else:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # without the console's colours
+        assert "remote_addr=127.0.0.1" in plain and "bytes_received=5000" in plain
+        assert "bytes_sent=42" in plain
+
+
+def test_json_lines_start_with_timestamp_level_event() -> None:
+    """Issue 18: the access line and every other line, the same three keys first."""
+    stream = _Stream()
+    configure_logging("json", "info", [SECRET], stream=stream, flush_interval=0)
+    proxy_logging.access_logger().request(**PLAIN)
+    structlog.get_logger("proxy.test").warning("something else", detail=1)
+    logging.getLogger("aiohttp.server").warning("a stdlib record")
+    lines = [json.loads(raw) for raw in stream.getvalue().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert list(line)[:3] == ["timestamp", "level", "event"], line

@@ -1,166 +1,72 @@
-"""The retry-once policy (proxy/replay.py) with a fake token source and a fake send: no sockets."""
+"""The send policy (proxy/replay.py), driven by hand: no sockets, no tokens, no clock.
+
+Each test plays the sender: it sends the policy what each send gave and checks what the
+policy asks for next. "At most two sends" holds for every sequence of outcomes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
 
 import pytest
 
-from proxy.errors import TokenUnavailable
-from proxy.replay import send_with_token
-from proxy.tokens import Token
+from proxy.replay import MAX_SENDS, Action, Outcome, next_action, send_policy
+
+ANSWERED, UNAUTHORIZED, STALE = Outcome.ANSWERED, Outcome.UNAUTHORIZED, Outcome.STALE
 
 
-def make_token(value: str) -> Token:
-    return Token(value, lifetime=3600.0, obtained_at=0.0, jitter=0.0)
+def _play(idempotent: bool, outcomes: list[Outcome]) -> list[Action]:
+    """The actions the policy asks for while the sends give ``outcomes`` in turn."""
+    policy = send_policy(idempotent)
+    actions = [next(policy)]
+    for outcome in outcomes:
+        action = next_action(policy, outcome)
+        if action is None:
+            break
+        actions.append(action)
+    return actions
 
 
-@dataclass
-class Response:
-    status: int
-    token: str
-    released: bool = False
+def test_the_first_send_uses_the_token_held() -> None:
+    assert next(send_policy(True)) is Action.SEND
 
 
-@dataclass
-class FakeTokens:
-    """Hands out ``current``; ``renew`` records what it was given and hands out ``fresh``."""
-
-    current: Token
-    fresh: Token | None = None  # None: no new token can be had (renewal cap, failed renewal)
-    renewed_with: list[Token] = field(default_factory=list)
-
-    def valid_token(self) -> Token | None:
-        return None  # the policy then asks get(), which these tests script
-
-    async def get(self) -> Token:
-        return self.current
-
-    async def renew(self, rejected: Token) -> Token | None:
-        self.renewed_with.append(rejected)
-        if self.fresh is not None:
-            self.current = self.fresh
-        return self.fresh
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_an_answer_other_than_401_is_done_after_one_send(idempotent: bool) -> None:
+    assert _play(idempotent, [ANSWERED]) == [Action.SEND]
 
 
-@dataclass
-class FakeUpstream:
-    """Answers with the scripted statuses in turn and records the token of every send."""
-
-    statuses: list[int]
-    sent_with: list[str] = field(default_factory=list)
-    responses: list[Response] = field(default_factory=list)
-
-    async def send(self, token: str) -> Response:
-        response = Response(self.statuses[len(self.sent_with)], token)
-        self.sent_with.append(token)
-        self.responses.append(response)
-        return response
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_401_is_replayed_once_with_a_renewed_token(idempotent: bool) -> None:
+    assert _play(idempotent, [UNAUTHORIZED, ANSWERED]) == [Action.SEND, Action.REPLAY]
 
 
-def status_of(response: Response) -> int:
-    return response.status
+def test_a_second_401_goes_back_after_exactly_two_sends() -> None:
+    assert _play(True, [UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED]) == [
+        Action.SEND,
+        Action.REPLAY,
+    ]
 
 
-def release(response: Response) -> None:
-    response.released = True
+def test_a_stale_connection_is_resent_once_for_an_idempotent_method() -> None:
+    assert _play(True, [STALE, ANSWERED]) == [Action.SEND, Action.RESEND]
 
 
-@pytest.mark.parametrize("status", [200, 204, 302, 400, 403, 404, 500, 503])
-async def test_non_401_returned_as_is_after_one_send(status: int) -> None:
-    tokens = FakeTokens(make_token("t1"), fresh=make_token("t2"))
-    upstream = FakeUpstream([status])
-    replays: list[None] = []
-
-    result = await send_with_token(
-        tokens, upstream.send, status_of, release, lambda: replays.append(None)
-    )
-
-    assert result is upstream.responses[0]
-    assert upstream.sent_with == ["t1"]
-    assert not result.released
-    assert tokens.renewed_with == []
-    assert replays == []
+def test_a_stale_connection_is_not_resent_for_a_post() -> None:
+    assert _play(False, [STALE]) == [Action.SEND]
 
 
-async def test_401_releases_first_response_renews_and_replays_with_new_token() -> None:
-    old, new = make_token("old"), make_token("new")
-    tokens = FakeTokens(old, fresh=new)
-    upstream = FakeUpstream([401, 200])
-    replays: list[None] = []
-
-    result = await send_with_token(
-        tokens, upstream.send, status_of, release, lambda: replays.append(None)
-    )
-
-    first, second = upstream.responses
-    assert first.released
-    assert tokens.renewed_with == [old]  # the very token that got the 401
-    assert tokens.renewed_with[0] is old
-    assert upstream.sent_with == ["old", "new"]
-    assert result is second
-    assert result.status == 200
-    assert not second.released
-    assert len(replays) == 1
+def test_a_401_after_a_stale_resend_is_not_replayed_a_third_time() -> None:
+    assert _play(True, [STALE, UNAUTHORIZED]) == [Action.SEND, Action.RESEND]
 
 
-async def test_first_401_released_once_a_new_token_is_in_hand() -> None:
-    order: list[str] = []
-    upstream = FakeUpstream([401, 200])
-
-    class OrderedTokens(FakeTokens):
-        async def renew(self, rejected: Token) -> Token | None:
-            order.append("renew")
-            return await super().renew(rejected)
-
-    def ordered_release(response: Response) -> None:
-        order.append("release")
-        release(response)
-
-    tokens = OrderedTokens(make_token("a"), fresh=make_token("b"))
-    await send_with_token(tokens, upstream.send, status_of, ordered_release)
-    assert order == ["renew", "release"]
+def test_a_stale_connection_on_the_replay_is_not_resent() -> None:
+    assert _play(True, [UNAUTHORIZED, STALE]) == [Action.SEND, Action.REPLAY]
 
 
-async def test_second_401_returned_to_caller_after_exactly_two_sends() -> None:
-    tokens = FakeTokens(make_token("a"), fresh=make_token("b"))
-    upstream = FakeUpstream([401, 401, 200])
-    replays: list[None] = []
-
-    result = await send_with_token(
-        tokens, upstream.send, status_of, release, lambda: replays.append(None)
-    )
-
-    assert result is upstream.responses[1]
-    assert result.status == 401
-    assert not result.released  # the caller streams upstream's own 401 body
-    assert upstream.sent_with == ["a", "b"]
-    assert len(tokens.renewed_with) == 1
-    assert len(replays) == 1
-
-
-async def test_without_a_new_token_the_401_goes_back_as_it_is_without_replay() -> None:
-    """Issue 16: past the renewal cap, or when the renewal fails, the client gets upstream's 401."""
-    tokens = FakeTokens(make_token("a"), fresh=None)
-    upstream = FakeUpstream([401, 200])
-    replays: list[None] = []
-
-    result = await send_with_token(
-        tokens, upstream.send, status_of, release, lambda: replays.append(None)
-    )
-
-    assert result is upstream.responses[0]
-    assert result.status == 401 and not result.released
-    assert upstream.sent_with == ["a"]
-    assert replays == []
-
-
-async def test_token_unavailable_from_get_propagates_without_send() -> None:
-    class NoTokens(FakeTokens):
-        async def get(self) -> Token:
-            raise TokenUnavailable("No access token yet.", retry_after=1)
-
-    upstream = FakeUpstream([200])
-    with pytest.raises(TokenUnavailable):
-        await send_with_token(NoTokens(make_token("x")), upstream.send, status_of, release)
-    assert upstream.sent_with == []
+@pytest.mark.parametrize("idempotent", [True, False])
+@pytest.mark.parametrize("outcomes", list(itertools.product(Outcome, repeat=3)))
+def test_never_more_than_two_sends(idempotent: bool, outcomes: tuple[Outcome, ...]) -> None:
+    actions = _play(idempotent, list(outcomes))
+    assert len(actions) <= MAX_SENDS == 2
+    assert actions[0] is Action.SEND and Action.SEND not in actions[1:]
