@@ -41,7 +41,7 @@ def _the_proxys(garbage: list[object]) -> Iterator[str]:
 
 
 async def _aborted_upload(proxy: RunningProxy) -> None:
-    reader, writer = await open_to(proxy.url)
+    _, writer = await open_to(proxy.url)
     writer.write(
         f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n".encode()
         + b"x" * 300_000
