@@ -105,18 +105,6 @@ class Usage:
 
         return accounted
 
-    async def refuses(self, request: web.Request, client: str | None) -> bool:
-        """Whether a budget for this request (of ``client``, named by the guards) is already
-        spent: then no ``100 Continue``."""
-        budgets = self.budgets
-        if not budgets.active:
-            return False
-        product, _ = classify(request.raw_path)
-        try:
-            return await budgets.spent(client or ANONYMOUS, product)
-        except Exception:
-            return False  # the handler's own check answers (503 when the store is down)
-
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
         self.names_clients = bool(settings.access_keys or settings.local_clients)

@@ -96,7 +96,7 @@ async def test_demo_takes_a_free_port_and_ignores_the_users_settings(
     assert not (tmp_path / "real-usage.db").exists()
     log = (tmp_path / "demo-stderr.log").read_text()
     loggers = [json.loads(line).get("logger") for line in log.splitlines() if line.startswith("{")]
-    assert "proxy.access" in loggers, log
+    assert "proxy.access_log" in loggers, log
     assert "sandbox" not in loggers  # one line per request: the sandbox's only at debug
 
 
