@@ -92,3 +92,15 @@ async def test_an_unreachable_token_endpoint_is_said_in_words(sandbox: RunningSa
     assert code == 1
     assert "unreachable (connection refused)" in err
     assert not CLASS_NAME.search(err), err
+
+
+async def test_check_keeps_the_schedule_in_redis_when_the_usage_store_is_redis(
+    sandbox: RunningSandbox, redis_url: str, tmp_path: Path
+) -> None:
+    """Two hosts' checks (separate state directories) share one schedule through Redis."""
+    env = {**credentials(sandbox, "wrong-secret"), "ASPOSE_PROXY_USAGE_STORE": redis_url}
+    first = await run_cli("check", env={**env, "XDG_STATE_HOME": str(tmp_path / "a")})
+    second = await run_cli("check", env={**env, "XDG_STATE_HOME": str(tmp_path / "b")})
+    assert first[0] == second[0] == 1
+    assert "not sending a token request" in second[2]
+    assert (await sandbox.stats())["failed_token_requests"] == 1
