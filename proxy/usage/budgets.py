@@ -136,7 +136,7 @@ class Budgets:
                 f"'{budget.client}' and product '{budget.product}' is spent.",
                 retry_after=plan.ends[index] - now,
             )
-        for index, used in enumerate(values):
+        for index, used in enumerate(values[1:]):  # values[0]: how many were reserved
             if used >= plan.warn_at[index] and plan.keys[index] not in self._warned:
                 self._warned.add(plan.keys[index])
                 budget = plan.pools[index]

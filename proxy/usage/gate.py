@@ -25,6 +25,7 @@ from proxy.settings import Settings
 from proxy.usage.budgets import Budgets
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
 from proxy.usage.factory import open_store
+from proxy.usage.lease import Leases
 from proxy.usage.outage import Outage
 from proxy.usage.rate_limiter import RateLimiter
 from proxy.usage.rules import ANONYMOUS
@@ -56,8 +57,13 @@ class Usage:
         self.store = open_store(settings.usage_store, settings.usage_store_password)
         self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
         self.outage = Outage()  # one log line per store outage, for budgets and rates alike
-        self.rates = RateLimiter(settings.rate_limits, self.store.ledger, outage=self.outage)
-        self.budgets = Budgets(settings.budgets, self.store.ledger, outage=self.outage)
+        shared = self.store.ledger
+        # A shared ledger is asked in chunks (usage/lease.py: a round trip per call costs more
+        # than the call); without one, budgets and rates live in this process's memory.
+        self.leases = Leases(shared) if shared is not None else None
+        self._sweep_every = settings.usage_flush_interval
+        self.rates = RateLimiter(settings.rate_limits, self.leases, outage=self.outage)
+        self.budgets = Budgets(settings.budgets, self.leases, outage=self.outage)
         # Without access keys or local clients no request has a name: skip the lookup.
         self.names_clients = bool(settings.access_keys or settings.local_clients)
         self._runner: asyncio.Task[None] | None = None
@@ -108,8 +114,8 @@ class Usage:
     def reload(self, settings: Settings) -> None:
         """SIGHUP: new budgets and rate limits (the store stays: changing it needs a restart)."""
         self.names_clients = bool(settings.access_keys or settings.local_clients)
-        rates = RateLimiter(settings.rate_limits, self.store.ledger, outage=self.outage)
-        budgets = Budgets(settings.budgets, self.store.ledger, outage=self.outage)
+        rates = RateLimiter(settings.rate_limits, self.leases, outage=self.outage)
+        budgets = Budgets(settings.budgets, self.leases, outage=self.outage)
         seeding = asyncio.ensure_future(budgets.seed(self.counter.rows))
 
         def swap(task: asyncio.Task[None]) -> None:
@@ -133,13 +139,25 @@ class Usage:
                 cause=type(exc).__name__,
             )
         self._runner = asyncio.create_task(self.counter.run(), name="usage-flush")
+        sweeper = asyncio.create_task(self._give_back_idle_leases(), name="usage-leases")
         try:
             yield
         finally:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            for task in (self._runner, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.leases is not None:
+                with contextlib.suppress(Exception):  # the store is down: the lease is lost
+                    await self.leases.give_back(idle=0)
             await self.counter.close()
+
+    async def _give_back_idle_leases(self) -> None:
+        """Every flush interval: unused leased calls go back to the shared budgets."""
+        while self.leases is not None:
+            await asyncio.sleep(self._sweep_every)
+            with contextlib.suppress(Exception):  # the store is down: kept, tried again
+                await self.leases.give_back()
 
 
 USAGE = web.AppKey("usage", Usage)

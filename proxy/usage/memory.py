@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, merge, three
+from proxy.usage.store import Batch, Bucket, Ledger, Row, lease_of, merge, taken, three
 
 
 class MemoryStore:
@@ -46,20 +46,20 @@ class MemoryLedger:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, stamp)
         self._monotonic = monotonic
 
-    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
-        values = self._values
-        for index, (key, limit) in enumerate(zip(keys, limits, strict=True)):
-            if values.get(key, 0) + 1 > limit:
-                return [-1 - index]
-        reserved = []
-        for key in keys:
-            values[key] = value = values.get(key, 0) + 1
-            reserved.append(value)
-        return reserved
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = 1
+    ) -> list[int]:
+        values = [self._values.get(key, 0) for key in keys]
+        n = lease_of(values, limits, most)
+        if n < 0:
+            return [n]
+        for key, value in zip(keys, values, strict=True):
+            self._values[key] = value + n
+        return [n, *(value + n for value in values)]
 
-    async def release(self, keys: Sequence[str]) -> None:
+    async def release(self, keys: Sequence[str], count: int = 1) -> None:
         for key in keys:
-            self._values[key] = max(0, self._values.get(key, 0) - 1)
+            self._values[key] = max(0, self._values.get(key, 0) - count)
 
     async def seed(self, key: str, value: int, ttl: int) -> None:
         self._values.setdefault(key, value)
@@ -67,14 +67,12 @@ class MemoryLedger:
     async def peek(self, keys: Sequence[str]) -> list[int]:
         return [self._values.get(key, 0) for key in keys]
 
-    async def take(self, buckets: Sequence[Bucket]) -> float:
+    async def take(self, buckets: Sequence[Bucket], most: int = 1) -> tuple[int, float]:
         now = self._monotonic()
-        levels = []
-        for bucket in buckets:
-            level = bucket.level(self._buckets.get(bucket.key), now)
-            if level < 1:
-                return bucket.wait(level)
-            levels.append(level)
+        levels = [bucket.level(self._buckets.get(bucket.key), now) for bucket in buckets]
+        n, wait = taken(buckets, levels, most)
+        if n == 0:
+            return 0, wait
         for bucket, level in zip(buckets, levels, strict=True):
-            self._buckets[bucket.key] = (level - 1, now)
-        return 0.0
+            self._buckets[bucket.key] = (level - n, now)
+        return n, 0.0

@@ -60,7 +60,7 @@ class RateLimiter:
         if not buckets:
             return
         try:
-            wait = await self.ledger.take(buckets)
+            _, wait = await self.ledger.take(buckets)
         except Exception as exc:
             raise self.outage.failed(exc) from None
         if self.outage.down:

@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, current_hour, three
+from proxy.usage.store import LEASE_SHARE, Batch, Bucket, Ledger, Row, current_hour, three
 
 PREFIX = "aspose-proxy:"
 HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
@@ -21,17 +21,25 @@ TIMEOUT = 2.0  # seconds: a slow Redis never holds a request long
 SEP = "\t"
 COUNTS = ("calls", "errors", "cached")  # hash field prefixes
 
-# KEYS: the pools' counters; ARGV[1]: ttl; ARGV[1 + i]: the limit of KEYS[i].
+# KEYS: the pools' counters; ARGV[1]: ttl; ARGV[2]: most; ARGV[2 + i]: the limit of KEYS[i];
+# ARGV[3 + #KEYS]: LEASE_SHARE. Adds n to every pool (1 <= n <= most, at most a LEASE_SHARE-th
+# of the tightest pool's room, as lease_size says) or to none: {n, values...} or {-i}.
 RESERVE = """
+local room = nil
 for i, key in ipairs(KEYS) do
-    local used = tonumber(redis.call('GET', key) or '0')
-    if used + 1 > tonumber(ARGV[i + 1]) then
+    local free = tonumber(ARGV[i + 2]) - tonumber(redis.call('GET', key) or '0')
+    if free < 1 then
         return {-i}
     end
+    if room == nil or free < room then
+        room = free
+    end
 end
-local values = {}
+local share = tonumber(ARGV[#KEYS + 3])
+local n = math.max(1, math.min(tonumber(ARGV[2]), math.floor(room / share)))
+local values = {n}
 for i, key in ipairs(KEYS) do
-    values[i] = redis.call('INCR', key)
+    values[i + 1] = redis.call('INCRBY', key, n)
     if redis.call('TTL', key) < 0 then
         redis.call('EXPIRE', key, ARGV[1])
     end
@@ -40,30 +48,37 @@ return values
 """
 
 
-# KEYS: the rate limits' buckets (hashes t = tokens, s = stamp); ARGV[2i-1], ARGV[2i]: rate and
-# burst of KEYS[i]. Redis's own clock: every replica sees one time. Take from all or from none.
+# KEYS: the rate limits' buckets (hashes t = tokens, s = stamp); ARGV[1]: most; ARGV[2]:
+# LEASE_SHARE; ARGV[2i+1], ARGV[2i+2]: rate and burst of KEYS[i]. Redis's own clock: every
+# replica sees one time. Takes n tokens (as RESERVE's n) from every bucket or from none:
+# {n, '0'}, or {0, seconds until the short bucket has a token}.
 TAKE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local levels = {}
+local room = nil
 for i, key in ipairs(KEYS) do
-    local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+    local rate, burst = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
     local state = redis.call('HMGET', key, 't', 's')
     local level = burst
     if state[1] then
         level = math.min(burst, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate)
     end
     if level < 1 then
-        return tostring((1 - level) / rate)
+        return {0, tostring((1 - level) / rate)}
     end
     levels[i] = level
+    if room == nil or level < room then
+        room = level
+    end
 end
+local n = math.max(1, math.min(tonumber(ARGV[1]), math.floor(room / tonumber(ARGV[2]))))
 for i, key in ipairs(KEYS) do
-    local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-    redis.call('HSET', key, 't', tostring(levels[i] - 1), 's', tostring(now))
+    local rate, burst = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+    redis.call('HSET', key, 't', tostring(levels[i] - n), 's', tostring(now))
     redis.call('EXPIRE', key, math.ceil(burst / rate) + 60)
 end
-return '0'
+return {n, '0'}
 """
 
 
@@ -120,16 +135,18 @@ class RedisStore:
 
     # -- the ledger: budget counters ------------------------------------------------------
 
-    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = 1
+    ) -> list[int]:
         values: list[Any] = await self._reserve(
-            keys=[PREFIX + k for k in keys], args=[ttl, *limits]
+            keys=[PREFIX + k for k in keys], args=[ttl, most, *limits, LEASE_SHARE]
         )
         return [int(v) for v in values]
 
-    async def release(self, keys: Sequence[str]) -> None:
+    async def release(self, keys: Sequence[str], count: int = 1) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.decr(PREFIX + key)
+                pipe.decrby(PREFIX + key, count)
             await pipe.execute()
 
     async def seed(self, key: str, value: int, ttl: int) -> None:
@@ -139,9 +156,9 @@ class RedisStore:
         values: list[bytes | str | None] = await self._client.mget([PREFIX + k for k in keys])
         return [int(v or 0) for v in values]
 
-    async def take(self, buckets: Sequence[Bucket]) -> float:
-        args: list[float] = []
+    async def take(self, buckets: Sequence[Bucket], most: int = 1) -> tuple[int, float]:
+        args: list[float] = [most, LEASE_SHARE]
         for bucket in buckets:
             args += (bucket.rate, bucket.burst)
-        wait = await self._take(keys=[PREFIX + bucket.key for bucket in buckets], args=args)
-        return float(wait)
+        n, wait = await self._take(keys=[PREFIX + bucket.key for bucket in buckets], args=args)
+        return int(n), float(wait)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, three
+from proxy.usage.store import Batch, Bucket, Ledger, Row, lease_of, taken, three
 
 T = TypeVar("T")
 
@@ -123,34 +123,40 @@ class SqliteStore:
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
-    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
-        return await self._run(lambda: self._reserve(keys, limits, ttl))
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = 1
+    ) -> list[int]:
+        return await self._run(lambda: self._reserve(keys, limits, ttl, most))
 
-    def _reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
+    def _reserve(
+        self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int
+    ) -> list[int]:
         now = time.time()
         with self._immediate() as db:  # commits, or rolls back on an error
             values = [self._value(db, key, now) for key in keys]
-            for index, (value, limit) in enumerate(zip(values, limits, strict=True)):
-                if value + 1 > limit:
-                    return [-1 - index]
+            n = lease_of(values, limits, most)
+            if n < 0:
+                return [n]
             for key, value in zip(keys, values, strict=True):
                 db.execute(
                     "INSERT OR REPLACE INTO ledger VALUES (?, ?, MAX(?, COALESCE("
                     "(SELECT expires FROM ledger WHERE key = ?), 0)))",
-                    (key, value + 1, now + ttl, key),
+                    (key, value + n, now + ttl, key),
                 )
-            return [value + 1 for value in values]
+            return [n, *(value + n for value in values)]
 
     @staticmethod
     def _value(db: sqlite3.Connection, key: str, now: float) -> int:
         row = db.execute("SELECT value, expires FROM ledger WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row is not None and row[1] > now else 0
 
-    async def release(self, keys: Sequence[str]) -> None:
+    async def release(self, keys: Sequence[str], count: int = 1) -> None:
         def release() -> None:
             with self._immediate() as db:
                 for key in keys:
-                    db.execute("UPDATE ledger SET value = MAX(0, value - 1) WHERE key = ?", (key,))
+                    db.execute(
+                        "UPDATE ledger SET value = MAX(0, value - ?) WHERE key = ?", (count, key)
+                    )
 
         await self._run(release)
 
@@ -174,10 +180,10 @@ class SqliteStore:
 
         return await self._run(peek)
 
-    async def take(self, buckets: Sequence[Bucket]) -> float:
-        return await self._run(lambda: self._take(buckets))
+    async def take(self, buckets: Sequence[Bucket], most: int = 1) -> tuple[int, float]:
+        return await self._run(lambda: self._take(buckets, most))
 
-    def _take(self, buckets: Sequence[Bucket]) -> float:
+    def _take(self, buckets: Sequence[Bucket], most: int) -> tuple[int, float]:
         now = time.time()
         with self._immediate() as db:
             levels = []
@@ -186,16 +192,16 @@ class SqliteStore:
                     "SELECT tokens, stamp FROM buckets WHERE key = ? AND expires > ?",
                     (bucket.key, now),
                 ).fetchone()
-                level = bucket.level(row, now)
-                if level < 1:
-                    return bucket.wait(level)
-                levels.append(level)
+                levels.append(bucket.level(row, now))
+            n, wait = taken(buckets, levels, most)
+            if n == 0:
+                return 0, wait
             for bucket, level in zip(buckets, levels, strict=True):
                 db.execute(
                     "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
-                    (bucket.key, level - 1, now, now + bucket.ttl),
+                    (bucket.key, level - n, now, now + bucket.ttl),
                 )
-        return 0.0
+        return n, 0.0
 
     async def close(self) -> None:
         db, self._db = self._db, None

@@ -73,19 +73,52 @@ class Bucket:
         return (1 - level) / self.rate
 
 
+# A lease (proxy/usage/lease.py) takes at most this share of what is left in the tightest pool
+# or bucket, so near the end of a budget every process takes one call at a time (exact), and
+# a process never holds more than 1 % of what the others could still use. Redis's scripts
+# repeat this rule in Lua.
+LEASE_SHARE = 100
+
+
+def lease_size(room: float, most: int) -> int:
+    """How many of ``room`` (>= 1) calls or tokens one lease takes: 1 to ``most``."""
+    return max(1, min(most, int(room // LEASE_SHARE)))
+
+
+def lease_of(values: Sequence[int], limits: Sequence[int], most: int) -> int:
+    """How many calls a reservation adds to pools now at ``values`` of ``limits``; or
+    ``-1 - index`` of the first pool that is full."""
+    for index, (value, limit) in enumerate(zip(values, limits, strict=True)):
+        if value + 1 > limit:
+            return -1 - index
+    return lease_size(min(lim - v for v, lim in zip(values, limits, strict=True)), most)
+
+
+def taken(buckets: Sequence[Bucket], levels: Sequence[float], most: int) -> tuple[int, float]:
+    """What a take gets from buckets at ``levels``: ``(n, 0.0)``, or ``(0, seconds until the
+    short bucket has a token)``."""
+    short = [b.wait(lv) for b, lv in zip(buckets, levels, strict=True) if lv < 1]
+    if short:
+        return 0, min(short)
+    return lease_size(min(levels), most), 0.0
+
+
 class Ledger(Protocol):
     """Budget counters: one per budget and period, reserved before a call, given back after."""
 
-    async def reserve(self, keys: Sequence[str], limits: Sequence[int], ttl: int) -> list[int]:
-        """Add one to every key if each stays within its limit, atomically.
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = 1
+    ) -> list[int]:
+        """Add n to every key if each stays within its limit, atomically: n is 1, or with
+        ``most`` > 1 up to ``most`` (``lease_size`` of the tightest pool's room: a lease).
 
-        Returns the new values; or, when a key is at its limit, ``[-1 - index]`` of that key
-        (nothing is added then).
+        Returns ``[n, *new values]``; or, when a key is at its limit, ``[-1 - index]`` of that
+        key (nothing is added then).
         """
         ...
 
-    async def release(self, keys: Sequence[str]) -> None:
-        """Give back a reservation whose request never left the proxy."""
+    async def release(self, keys: Sequence[str], count: int = 1) -> None:
+        """Give back ``count`` reserved calls whose requests never left the proxy."""
         ...
 
     async def seed(self, key: str, value: int, ttl: int) -> None:
@@ -96,9 +129,9 @@ class Ledger(Protocol):
         """The counters' values (0 for a missing one), changing nothing."""
         ...
 
-    async def take(self, buckets: Sequence[Bucket]) -> float:
-        """Take a token from every bucket, atomically: 0.0; or, when one is short, nothing is
-        taken and the answer is the seconds until that bucket has a token again."""
+    async def take(self, buckets: Sequence[Bucket], most: int = 1) -> tuple[int, float]:
+        """Take n tokens from every bucket, atomically (n as for ``reserve``): ``(n, 0.0)``;
+        or, when one is short, nothing is taken: ``(0, seconds until it has a token)``."""
         ...
 
 
