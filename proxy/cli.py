@@ -427,7 +427,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
     from proxy.app import create_app
     from proxy.listening import listen
     from proxy.reload import SETTINGS_LOADER
-    from proxy.server import announce, wait_for_stop_signal
+    from proxy.server import announce, stop_signal_task
 
     worker: int | None = args.worker
     local_token_key = None
@@ -454,6 +454,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
         shutdown_grace=settings.shutdown_grace,
         reuse_port=worker is not None,
     )
+    stopped = await stop_signal_task()
     announce(f"aspose-proxy listening on {server.url} -> {settings.upstream_url}")
     log.info(
         "proxy started",
@@ -462,7 +463,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
         worker=worker,
         pid=os.getpid(),
     )
-    await wait_for_stop_signal()
+    await stopped
     log.info("stopping: finishing in-flight requests", grace_seconds=settings.shutdown_grace)
     await server.stop()
     if worker is not None:
@@ -474,7 +475,7 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
 async def _sandbox(args: argparse.Namespace) -> int:
     from proxy.listening import listen
     from proxy.sandbox import SandboxConfig, create_sandbox_app
-    from proxy.server import announce, wait_for_stop_signal
+    from proxy.server import announce, stop_signal_task
 
     config = SandboxConfig(
         client_id=args.client_id,
@@ -483,12 +484,13 @@ async def _sandbox(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
     )
     server = await listen(create_sandbox_app(config), args.host, args.port, shutdown_grace=5)
+    stopped = await stop_signal_task()
     announce(
         f"Aspose Cloud sandbox listening on {server.url} "
         f"(sandbox credentials: client_id '{config.client_id}', "
         f"client_secret '{config.client_secret}')"
     )
-    await wait_for_stop_signal()
+    await stopped
     await server.stop()
     return 0
 

@@ -8,7 +8,6 @@ and token schedule in memory, and takes a free port when the one asked for is ta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -18,7 +17,7 @@ from pydantic import SecretStr
 from proxy.app import TOKEN_SCHEDULE, create_app
 from proxy.listening import listen, port_in_use
 from proxy.sandbox import SandboxConfig, create_sandbox_app
-from proxy.server import Server, announce, wait_for_stop_signal
+from proxy.server import Server, announce, stop_signal_task
 from proxy.settings import Settings
 from proxy.token_schedule import MemoryStore, Schedule
 
@@ -95,10 +94,9 @@ async def run_demo(host: str, port: int, sandbox_port: int) -> int:
     except BaseException:
         await sandbox.stop()
         raise
-    # Listen for Ctrl+C/SIGTERM before printing anything: a signal sent as soon as the
-    # self-check line appears would otherwise kill the process and lose its last log lines.
-    stopped = asyncio.create_task(wait_for_stop_signal())
-    await asyncio.sleep(0)
+    # Before printing anything: a signal sent as soon as the self-check line appears would
+    # otherwise kill the process and lose its last log lines.
+    stopped = await stop_signal_task()
     try:
         announce(instructions(proxy.url, sandbox.url))
         try:

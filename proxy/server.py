@@ -75,6 +75,14 @@ async def wait_for_stop_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+async def stop_signal_task() -> asyncio.Task[None]:
+    """``wait_for_stop_signal`` with its handlers already installed: start it before printing
+    the address, or a SIGTERM sent as soon as the address appears kills instead of draining."""
+    task = asyncio.create_task(wait_for_stop_signal())
+    await asyncio.sleep(0)  # the task runs up to its first await: the handlers are in place
+    return task
+
+
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on uvloop when it is installed (the ``fast`` extra), else asyncio."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
