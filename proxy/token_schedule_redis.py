@@ -16,6 +16,12 @@ token request per window per process; a rejected secret not tried again until it
 Redis is asked again every ``RETRY_EVERY`` seconds; once it is back, what this process learnt
 meanwhile (its failed attempts, rejections, a 429 block) is merged into the shared state. One
 log line when the outage starts, one when it ends.
+
+The client is redis-py's synchronous one, as the schedule's interface is: its calls run on
+the event loop, but only on a token request, a 401-driven renewal, ``/readyz`` for an admitted
+caller and ``/_proxy/`` (never on an ordinary forwarded call), and each waits at most
+``TIMEOUT`` (a black-holed Redis: then the local schedule answers without asking for
+``RETRY_EVERY`` seconds).
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ from pydantic import SecretStr
 log = structlog.get_logger("proxy.token_schedule")
 
 PREFIX = "aspose-proxy:token-schedule:"
-TIMEOUT = 0.5  # seconds: a token request waits this long at most for the shared state
+TIMEOUT = 0.25  # seconds: the event loop waits this long at most for the shared state
 LOCK_MS = 2000  # a lock outlives a holder that died by this much at most
-LOCK_WAIT = 1.0  # seconds to wait for another process's transaction before giving up
+LOCK_WAIT = 0.5  # seconds to wait for another process's transaction before giving up
 RETRY_EVERY = 5.0  # seconds between attempts to reach Redis during an outage
 STATE_TTL = 2 * 86400  # no entry of the state matters longer than a day (a 429's cap)
 
@@ -111,23 +117,26 @@ class RedisScheduleStore:
             self._merge_outage_into(state)
         try:
             yield state
-        finally:
-            after = json.dumps(state, sort_keys=True)
-            try:
-                written = self._write(
-                    keys=[self.key, self.key + ":lock"],
-                    args=[lock, "" if after == before else after, STATE_TTL],
-                )
-                if not written:
-                    raise StateLost("the token schedule's lock expired before its write")
-            except (redis.RedisError, StateLost) as exc:
-                self._local = state  # what was decided here still holds for this process
-                self._outage(exc)
-            else:
-                self._local = copy.deepcopy(state)
-                if self.degraded:
-                    self.degraded = False
-                    log.warning("token schedule store reachable again; shared schedule resumed")
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):  # nothing written, the lock let go
+                self._write(keys=[self.key, self.key + ":lock"], args=[lock, "", STATE_TTL])
+            raise
+        after = json.dumps(state, sort_keys=True)
+        try:
+            written = self._write(
+                keys=[self.key, self.key + ":lock"],
+                args=[lock, "" if after == before else after, STATE_TTL],
+            )
+            if not written:
+                raise StateLost("the token schedule's lock expired before its write")
+        except (redis.RedisError, StateLost) as exc:
+            self._local = state  # what was decided here still holds for this process
+            self._outage(exc)
+        else:
+            self._local = copy.deepcopy(state)
+            if self.degraded:
+                self.degraded = False
+                log.warning("token schedule store reachable again; shared schedule resumed")
 
     def _lock(self) -> str:
         """Take the state's lock (wait up to ``LOCK_WAIT`` for another holder)."""

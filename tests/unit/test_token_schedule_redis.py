@@ -4,6 +4,7 @@ in test_token_schedule.py (parametrised over the file and Redis)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import redis
@@ -64,4 +65,17 @@ def test_a_holder_whose_lock_expired_writes_nothing(redis_url: str) -> None:
     stored = client.get(store.key) or ""
     assert '"streak": 0' in stored and salt in stored  # the late write was refused
     assert store.degraded  # this process goes on from its own copy, and merges it later
+    client.close()
+
+
+def test_a_transaction_that_fails_writes_nothing_and_lets_go_of_the_lock(redis_url: str) -> None:
+    store = RedisScheduleStore(redis_url, None, CLIENT_ID, new_state)
+    with store.transaction() as state:
+        salt = state["salt"]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with contextlib.suppress(ZeroDivisionError), store.transaction() as state:
+        state["streak"] = 99
+        _ = 1 / 0
+    assert '"streak": 0' in (client.get(store.key) or "") and salt in (client.get(store.key) or "")
+    assert client.get(store.key + ":lock") is None and not store.degraded
     client.close()
