@@ -277,3 +277,14 @@ def test_a_corrupt_state_file_starts_afresh(clock: FakeClock, tmp_path: Any) -> 
     path.write_text("{not json")
     schedule = Schedule(FileStore(path), clock=clock)
     assert schedule.ask("fp", have_token=False).allowed
+
+
+def test_the_401_renewal_cap_is_one_for_every_process(
+    clock: FakeClock, shared_store: Callable[[], Store]
+) -> None:
+    """Issue 16's 3 renewals per 10 s are per application: shared by workers (file) and
+    replicas (Redis, issue 17), not 3 per process."""
+    processes = [Schedule(shared_store(), clock=clock) for _ in range(3)]
+    assert [p.may_renew() for p in processes * 2] == [True] * 3 + [False] * 3
+    clock.now += 10.5
+    assert processes[2].may_renew()
