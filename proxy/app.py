@@ -116,8 +116,9 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     store = open_cache_store(settings)
     if store is not None:  # cache_store = "off" (the default): no cache step at all
         app[CACHE] = ConversionCache(settings, store, metrics)
-        app.cleanup_ctx.append(app[CACHE].run)
     app.cleanup_ctx.append(_upstream_ctx)
+    if store is not None:  # after the session: at exit, fills finish before it closes
+        app.cleanup_ctx.append(app[CACHE].run)
     # Applied by server.start_server to every connection (with the parser's bounds).
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,
