@@ -244,7 +244,6 @@ class ConversionCache:
         try:
             response = web.StreamResponse(status=meta.status, headers=list(meta.headers))
             response.headers[X_CACHE] = "HIT"
-            response.headers[REQUEST_ID_HEADER] = exchange.request_id
             response.headers["Age"] = str(max(0, int(time.time() - meta.stored_at)))
             response.content_length = meta.size
             await response.prepare(request)
@@ -256,6 +255,7 @@ class ConversionCache:
                 if request.transport is not None:
                     request.transport.close()
                 return response
+            exchange.bytes_sent = meta.size
             await response.write_eof()
             return response
         finally:
