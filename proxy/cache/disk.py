@@ -338,6 +338,9 @@ class DiskStore:
     async def stats(self) -> Stats:
         return Stats(len(self._index), self._bytes)
 
+    def counted(self) -> Stats:
+        return Stats(len(self._index), self._bytes)
+
     async def clear(self) -> int:
         def wipe() -> int:
             removed = 0

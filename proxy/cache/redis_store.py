@@ -150,11 +150,15 @@ class RedisStore:
 
     async def stats(self) -> Stats:
         metas = await self._keys()
-        total = 0
-        for meta_key in metas:
-            body = meta_key[: -len(b":m")] + b":b"
-            total += int(await self.client.strlen(body)) + int(await self.client.strlen(meta_key))
-        return Stats(len(metas), total)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for meta_key in metas:
+                pipe.strlen(meta_key)
+                pipe.strlen(meta_key[: -len(b":m")] + b":b")
+            sizes = await pipe.execute()
+        return Stats(len(metas), sum(int(size) for size in sizes))
+
+    def counted(self) -> None:
+        return None
 
     async def clear(self) -> int:
         metas = await self._keys()

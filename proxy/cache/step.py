@@ -100,7 +100,7 @@ class ConversionCache:
     def __init__(self, settings: Settings, store: CacheStore, metrics: Metrics) -> None:
         self.store = store
         self.flights = Flights()
-        self.stats = Stats(0, 0)
+        self._last_stats = Stats(0, 0)  # a store that counts only on request (Redis)
         self._upstream = settings.upstream_url
         self._client_id = settings.client_id
         self._per_client = settings.cache_scope == "client"
@@ -163,8 +163,13 @@ class ConversionCache:
                 await asyncio.wait(self._fills, timeout=10)
             await self.store.close()
 
+    @property
+    def stats(self) -> Stats:
+        """Entries and bytes: the disk store's own index, else the last periodic count."""
+        return self.store.counted() or self._last_stats
+
     async def refresh_stats(self) -> None:
-        self.stats = await self.store.stats()
+        self._last_stats = await self.store.stats()
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -342,7 +347,6 @@ class Fill:
                     await writer.commit(200, self.headers)
                     stored = True
                     writer = None
-                    await cache.refresh_stats()
                 except Exception as exc:
                     log.warning("cache commit failed", cause=type(exc).__name__)
         except BaseException as exc:  # upstream broke mid-body: a partial answer, never stored

@@ -137,5 +137,9 @@ class CacheStore(Protocol):
 
     async def stats(self) -> Stats: ...
 
+    def counted(self) -> Stats | None:
+        """Entries and bytes when the store knows them without asking anyone (disk: its
+        index), else None (Redis: ``stats()`` scans, so it runs every 30 s)."""
+
     async def clear(self) -> int:
         """Remove every entry; how many there were."""
