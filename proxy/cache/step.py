@@ -97,6 +97,8 @@ class Ticket:
 
 
 class ConversionCache:
+    """The cache step of one app: the store, the flights in progress, the counters."""
+
     def __init__(self, settings: Settings, store: CacheStore, metrics: Metrics) -> None:
         self.store = store
         self.flights = Flights()
@@ -104,8 +106,7 @@ class ConversionCache:
         self._upstream = settings.upstream_url
         self._client_id = settings.client_id
         self._per_client = settings.cache_scope == "client"
-        self._max_entry = settings.cache_max_entry_size
-        self._read_timeout = settings.read_timeout
+        self.max_entry_size = settings.cache_max_entry_size
         self._refresher: asyncio.Task[None] | None = None
         requests = Counter(
             "aspose_proxy_cache_requests",
@@ -254,8 +255,15 @@ class ConversionCache:
             await response.prepare(request)
             try:
                 await hit.send(request, response)
-            except CorruptEntry:
-                log.warning("cache entry failed its hash check mid-answer; aborting it")
+            except ConnectionError:
+                raise  # the client left: the pipeline counts it
+            except Exception as exc:  # a bad hash, or the store failed mid-body
+                # The headers are out: the client must see a broken answer, not a short one
+                # that looks complete (as when upstream breaks mid-body).
+                log.warning(
+                    "cache entry could not be served to the end; aborting the answer",
+                    cause="hash mismatch" if isinstance(exc, CorruptEntry) else type(exc).__name__,
+                )
                 exchange.aborted = True
                 if request.transport is not None:
                     request.transport.close()
@@ -278,7 +286,7 @@ class ConversionCache:
         if key is None or upstream.status != 200:
             return None
         declared = upstream.content_length
-        storable = declared is None or declared <= self._max_entry
+        storable = declared is None or declared <= self.max_entry_size
         fill = Fill(self, key, stored_headers(headers), storable, ticket.leading, upstream)
         task = asyncio.create_task(fill.run(chunks), name="cache-fill")
         self._fills.add(task)
@@ -328,7 +336,7 @@ class Fill:
             async for chunk in chunks:
                 size += len(chunk)
                 if writer is not None:
-                    if size > cache._max_entry:
+                    if size > cache.max_entry_size:
                         await writer.abort()
                         writer = None
                     else:
