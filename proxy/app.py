@@ -91,7 +91,12 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
     metrics = Metrics({"pid": str(os.getpid())} if settings.workers != 1 else None)
     failures = AuthFailures(metrics.count_auth_failure)
     issuer = (
-        LocalTokens(settings.local_clients, local_token_key, failures.record)
+        LocalTokens(
+            settings.local_clients,
+            local_token_key,
+            failures.record,
+            body_timeout=settings.request_body_timeout,
+        )
         if settings.local_token_endpoint
         else None
     )

@@ -159,6 +159,25 @@ class BodyDeadline:
         self._timer = self._loop.call_at(start + self._timeout, self._check)
 
 
+DEFAULT_BODY_TIMEOUT = 30.0  # request_body_timeout's default, for readers without settings
+
+
+async def read_up_to(stream: StreamReader, limit: int, body_timeout: float) -> bytes:
+    """A small body whole (a form), or its first ``limit`` bytes or a little more when it is
+    larger (the caller refuses it); ``RequestTimeout`` after ``body_timeout`` seconds without
+    a byte."""
+    deadline = BodyDeadline(stream, body_timeout)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < limit and (chunk := await deadline.read()):
+            parts.append(chunk)
+            size += len(chunk)
+    finally:
+        deadline.stop()
+    return b"".join(parts)
+
+
 def too_large(size: int, limit: int) -> BodyTooLarge:
     return BodyTooLarge(
         f"The request body ({size} bytes or more) exceeds the limit of {limit} bytes."

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import SecretStr
 
+from proxy.body import DEFAULT_BODY_TIMEOUT
 from proxy.exchange import EXCHANGE
 from proxy.token_form import TOKEN_PATHS, TokenRequest, matches, read_token_request
 
@@ -39,11 +40,14 @@ class LocalTokens:
         local_clients: dict[str, SecretStr],
         key: bytes | None = None,
         failed: Callable[[str | None, str], None] | None = None,
+        *,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         self._clients = {k: v.get_secret_value() for k, v in local_clients.items()}
         # The workers of `run --workers N` share one key: any of them accepts the placeholder.
         self._key = key or secrets.token_bytes(32)
         self._failed = failed  # told of each refused client secret: (address, "client_secret")
+        self._body_timeout = body_timeout  # request_body_timeout: a stalled form gets 408
 
     def _sign(self, payload: str) -> bytes:
         digest = hmac.new(self._key, payload.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -86,7 +90,7 @@ class LocalTokens:
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST on an SDK token path: an OAuth answer, errors in OAuth's shape too."""
-        form = await read_token_request(request)
+        form = await read_token_request(request, self._body_timeout)
         if form is None or not form.grant_types:
             return _oauth_error("invalid_request")
         if not matches(form.grant_types, "client_credentials"):

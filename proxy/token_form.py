@@ -16,6 +16,8 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 
+from proxy.body import DEFAULT_BODY_TIMEOUT, read_up_to
+
 # Every path an Aspose SDK asks for a token on: PDF, Words (every language), Cells v3 and v4,
 # old SDKs (see ASPOSE-API-NOTES.md).
 TOKEN_PATHS: Final = (
@@ -58,9 +60,12 @@ def _basic_credentials(authorization: str) -> tuple[str, str] | None:
     return (unquote_plus(client_id), unquote_plus(secret)) if sep else None
 
 
-async def read_token_request(request: web.Request) -> TokenRequest | None:
-    """The request's credentials, or None when the form is larger than any real one."""
-    raw = await request.content.read(MAX_FORM_BYTES + 1)
+async def read_token_request(
+    request: web.Request, body_timeout: float = DEFAULT_BODY_TIMEOUT
+) -> TokenRequest | None:
+    """The request's credentials, or None when the form is larger than any real one;
+    ``RequestTimeout`` (408) when its body stalls for ``body_timeout`` seconds."""
+    raw = await read_up_to(request.content, MAX_FORM_BYTES + 1, body_timeout)
     if len(raw) > MAX_FORM_BYTES:
         return None
     form = _form_values(raw)

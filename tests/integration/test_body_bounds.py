@@ -37,6 +37,17 @@ async def answer_then_close(reader: asyncio.StreamReader, within: float = 10) ->
     return RawResponse(status, headers, body)
 
 
+async def stall(url: str, request: bytes) -> RawResponse:
+    """Send ``request`` (a head and part of its body), then nothing: the answer, and the close."""
+    reader, writer = await open_to(url)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await answer_then_close(reader)
+    finally:
+        writer.close()
+
+
 async def closed_soon(directory: Path) -> None:
     """No spool file open in ``directory`` (a write still running in a thread on a busy machine
     closes its file when it ends)."""
@@ -59,12 +70,7 @@ async def test_a_stalled_body_gets_408_and_the_connection_is_closed(
     """Content-Length: 1000000, 10 bytes, then silence (issue 16: held for over 100 s)."""
     proxy = await proxy_factory(request_body_timeout=0.5)
     before = (await sandbox.stats())["api_requests"]
-    reader, writer = await open_to(proxy.url)
-    try:
-        writer.write(put_head(ECHO, "Content-Length: 1000000") + b"0123456789")
-        answer = await answer_then_close(reader)
-    finally:
-        writer.close()
+    answer = await stall(proxy.url, put_head(ECHO, "Content-Length: 1000000") + b"0123456789")
     assert answer.status == 408
     assert json.loads(answer.body)["Error"]["Code"] == "request_timeout"
     assert answer.header("X-Proxy-Error") == "request_timeout"
@@ -104,13 +110,9 @@ async def test_a_stalled_streamed_upload_is_cut_short_upstream_and_frees_its_spo
     proxy = await proxy_factory(
         request_body_timeout=0.5, body_memory_limit=64 * KiB, spool_dir=directory
     )
-    reader, writer = await open_to(proxy.url)
-    try:
-        writer.write(put_head(STORED, f"Content-Length: {4 * MiB}") + b"y" * (256 * KiB))
-        await writer.drain()
-        answer = await answer_then_close(reader)
-    finally:
-        writer.close()
+    answer = await stall(
+        proxy.url, put_head(STORED, f"Content-Length: {4 * MiB}") + b"y" * (256 * KiB)
+    )
     assert answer.status == 408
     await closed_soon(directory)
     folder = sandbox.data_dir / "First Storage" / "bounds"
@@ -209,14 +211,21 @@ async def test_after_a_408_the_proxy_logs_no_error_and_keeps_serving(
     proxy_factory: ProxyFactory, logs: LogCapture
 ) -> None:
     proxy = await proxy_factory(request_body_timeout=0.3)
-    reader, writer = await open_to(proxy.url)
-    try:
-        writer.write(put_head(ECHO, "Content-Length: 100") + b"x")
-        assert (await answer_then_close(reader)).status == 408
-    finally:
-        writer.close()
+    assert (await stall(proxy.url, put_head(ECHO, "Content-Length: 100") + b"x")).status == 408
     await asyncio.sleep(0.3)
     async with proxy.client.put(proxy.url + ECHO, data=b"y" * 100) as response:
         assert response.status == 200
     assert logs.events("no request body byte within request_body_timeout; ending the request")
     assert '"level": "error"' not in logs.text
+
+
+async def test_a_stalled_form_at_the_local_token_endpoint_gets_408(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """The proxy's own endpoint that reads a body has the same deadline."""
+    proxy = await proxy_factory(request_body_timeout=0.5)
+    form = "Content-Type: application/x-www-form-urlencoded"
+    head = put_head("/connect/token", form, "Content-Length: 200").replace(b"PUT", b"POST", 1)
+    answer = await stall(proxy.url, head + b"grant_type=client")
+    assert answer.status == 408
+    assert answer.header("X-Proxy-Error") == "request_timeout"
