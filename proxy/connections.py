@@ -21,7 +21,7 @@ attribute the proxy touches).
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +79,8 @@ def check_http_version(version: HttpVersion) -> None:
 
 
 LOOPBACK = "loopback"
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
+_IPV6_LOOPBACK = bytes(15) + b"\x01"
 
 
 def client_of(address: str) -> str:
@@ -92,15 +94,15 @@ def client_of(address: str) -> str:
         return LOOPBACK
     if ":" not in address:
         return address
-    try:
-        ip = ipaddress.IPv6Address(address)
-    except ValueError:
+    try:  # inet_pton: a tenth of ipaddress's cost, paid once per connection
+        packed = socket.inet_pton(socket.AF_INET6, address.partition("%")[0])
+    except OSError:
         return address
-    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d from a dual-stack listener
-        return client_of(str(ip.ipv4_mapped))
-    if ip.is_loopback:
+    if packed[:12] == _IPV4_MAPPED:  # ::ffff:a.b.c.d from a dual-stack listener
+        return client_of(socket.inet_ntop(socket.AF_INET, packed[12:]))
+    if packed == _IPV6_LOOPBACK:
         return LOOPBACK
-    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 class ClientConnections:

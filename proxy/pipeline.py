@@ -20,6 +20,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 from aiohttp.hdrs import AUTHORIZATION, EXPECT, HOST, ORIGIN
+from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 
 from proxy.access import FETCH_SITE, KEY_HEADER, AccessControl, RouteKind
@@ -177,7 +178,8 @@ class Pipeline:
         started = time.perf_counter()
         status = 500
         try:
-            check_http_version(request.version)  # never an HTTP/0.9 or HTTP/2.0 request line
+            if request.version is not HttpVersion11:  # the parser's own object for 1.1
+                check_http_version(request.version)  # never an HTTP/0.9 or 2.0 request line
             # address -> Host/Origin -> client auth -> operation
             exchange.client = self._guard(request, kind) or None
             if route is self._catch_all:
