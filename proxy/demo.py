@@ -9,6 +9,8 @@ and token schedule in memory, and takes a free port when the one asked for is ta
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -43,6 +45,10 @@ Try it in another terminal:
   curl -o big-copy.bin {proxy_url}/v4.0/words/storage/file/demo/big.bin
   cmp big.bin big-copy.bin
   curl --compressed {proxy_url}/v4.0/words/storage/folder/demo
+  curl -sD- -o hello.pdf -T hello.txt '{proxy_url}/v4.0/words/convert?format=pdf'
+  curl -sD- -o hello-again.pdf -T hello.txt '{proxy_url}/v4.0/words/convert?format=pdf'
+  cmp hello.pdf hello-again.pdf
+  curl {proxy_url}/_proxy/usage
   curl {proxy_url}/readyz
 Press Ctrl+C to stop."""
 
@@ -63,7 +69,9 @@ async def round_trip(proxy_url: str) -> str:
     return f"Self-check through the proxy: uploaded, listed {names}, downloaded ({verdict})"
 
 
-def demo_settings(host: str, port: int, sandbox_url: str) -> Settings:
+def demo_settings(
+    host: str, port: int, sandbox_url: str, cache_dir: Path | None = None
+) -> Settings:
     """The demo's own settings: built here, never read from the environment or a file."""
     return Settings(
         host=host,
@@ -72,6 +80,8 @@ def demo_settings(host: str, port: int, sandbox_url: str) -> Settings:
         client_id=DEMO.client_id,
         client_secret=SecretStr(DEMO.client_secret),
         usage_store="off",  # the demo's calls never count against real budgets
+        # A conversion cache of its own, gone at exit: a repeated conversion is a hit.
+        cache_store=f"file://{cache_dir}" if cache_dir is not None else "off",
     )
 
 
@@ -86,13 +96,17 @@ def free_port_if_taken(host: str, port: int, what: str) -> int:
 async def run_demo(host: str, port: int, sandbox_port: int) -> int:
     sandbox_port = free_port_if_taken("127.0.0.1", sandbox_port, "sandbox")
     sandbox: Server = await listen(create_sandbox_app(DEMO), "127.0.0.1", sandbox_port)
+    cache_dir = tempfile.TemporaryDirectory(prefix="aspose-proxy-demo-cache-")
     try:
-        settings = demo_settings(host, free_port_if_taken(host, port, "proxy"), sandbox.url)
+        settings = demo_settings(
+            host, free_port_if_taken(host, port, "proxy"), sandbox.url, Path(cache_dir.name)
+        )
         app = create_app(settings)
         app[TOKEN_SCHEDULE] = Schedule(MemoryStore())  # the user's schedule is not the demo's
         proxy = await listen(app, settings.host, settings.port, shutdown_grace=5)
     except BaseException:
         await sandbox.stop()
+        cache_dir.cleanup()
         raise
     # Before printing anything: a signal sent as soon as the self-check line appears would
     # otherwise kill the process and lose its last log lines.
@@ -108,4 +122,5 @@ async def run_demo(host: str, port: int, sandbox_port: int) -> int:
         stopped.cancel()
         await proxy.stop()
         await sandbox.stop()
+        cache_dir.cleanup()
     return 0
