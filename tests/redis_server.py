@@ -33,23 +33,28 @@ def _free_port() -> int:
 
 
 def start_redis(
-    directory: Path, port: int | None = None, persistence: tuple[str, ...] = NO_PERSISTENCE
+    directory: Path,
+    port: int | None = None,
+    persistence: tuple[str, ...] = NO_PERSISTENCE,
+    password: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start redis-server in ``directory`` (on ``port``, else a free one); returns the process
-    and its URL. ``persistence``: e.g. ``APPEND_ONLY`` to restart it with its data."""
+    and its URL. ``persistence``: e.g. ``APPEND_ONLY`` to restart it with its data;
+    ``password``: ``requirepass`` (never in the URL)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(MISSING, pytrace=False)
     for _ in range(5):
         chosen = port or _free_port()
         process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(chosen), *persistence],
+            [binary, "--bind", "127.0.0.1", "--port", str(chosen), *persistence]
+            + (["--requirepass", password] if password else []),
             cwd=directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         url = f"redis://127.0.0.1:{chosen}/0"
-        client = redis.Redis.from_url(url, socket_timeout=1)
+        client = redis.Redis.from_url(url, password=password, socket_timeout=1)
         for _ in range(100):
             if process.poll() is not None:
                 break  # the port was taken in between: try another

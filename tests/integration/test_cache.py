@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import ProxyFactory, RunningProxy
 from tests.integration.test_cli import run_cli
+from tests.redis_server import start_redis
 
 CONVERT = "/v4.0/words/convert?format=pdf"
 DOC = b"%DOCX fake document " * 100
@@ -370,3 +371,24 @@ async def test_when_the_single_flight_fails_each_waiter_is_forwarded_itself(
     assert sorted(status for status, _, _ in answers) == [200, 200, 200, 200, 500]
     assert {headers["X-Cache"] for _, headers, _ in answers} == {"MISS"}
     assert await conversions(sandbox) == 4  # each waiter converted for itself
+
+
+async def test_a_redis_cache_with_a_password_and_a_wrong_one(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    password = "cache-redis-password-0123456789"
+    process, url = start_redis(tmp_path, password=password)
+    try:
+        right = await proxy_factory(cache_store=url, cache_store_password=SecretStr(password))
+        wrong = await proxy_factory(cache_store=url, cache_store_password=SecretStr("not-it-0123"))
+        _, headers, first = await put(right)
+        assert headers["X-Cache"] == "MISS"
+        _, headers, second = await put(right)
+        assert (headers["X-Cache"], second) == ("HIT", first)
+        for _ in range(2):  # a store it cannot use: every request is still answered
+            status, headers, _ = await put(wrong, body=b"another document")
+            assert (status, headers["X-Cache"]) == (200, "MISS")
+        assert await conversions(sandbox) == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
