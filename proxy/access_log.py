@@ -16,6 +16,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from proxy.bounded_cache import BoundedCache
+
 ACCESS_LOGGER = "proxy.access_log"
 REMEMBERED = 4096  # distinct paths (or client names) whose quoted text is kept
 # The methods the proxy forwards (proxy/forward.py): quoted once, never client-chosen text.
@@ -48,13 +50,20 @@ class AccessLine:
         self._processors = tuple(processors)  # the console's chain, ending in its renderer
         self._json = json_lines
         # Client-chosen text as it appears in the line (redacted, quoted), by raw value.
-        self._paths: dict[str, str] = {}
-        self._quoted: dict[str, str] = {m: _quote(m) for m in METHODS}
+        self._paths: BoundedCache[str, str] = BoundedCache(REMEMBERED)
+        self._quoted = self._own_quoted()
 
     def forget(self) -> None:
         """A secret was added: what was quoted before must be looked at again."""
         self._paths.clear()
-        self._quoted = {m: _quote(m) for m in METHODS}
+        self._quoted = self._own_quoted()
+
+    @staticmethod
+    def _own_quoted() -> BoundedCache[str, str]:
+        """The methods the proxy forwards, quoted once (never client-chosen text)."""
+        quoted: BoundedCache[str, str] = BoundedCache(REMEMBERED)
+        quoted.update((m, _quote(m)) for m in METHODS)
+        return quoted
 
     def _text(self, value: str) -> str:
         """``value`` redacted and JSON-quoted."""
@@ -98,9 +107,7 @@ class AccessLine:
             return
         quoted_path = self._paths.get(path)
         if quoted_path is None:
-            if len(self._paths) >= REMEMBERED:
-                self._paths.clear()
-            quoted_path = self._paths[path] = self._text(path)
+            quoted_path = self._paths.remember(path, self._text(path))
         quoted_method = self._quoted.get(method)
         if quoted_method is None:
             quoted_method = self._text(method)
@@ -112,9 +119,7 @@ class AccessLine:
         if client:
             quoted_client = self._quoted.get(client)
             if quoted_client is None:
-                if len(self._quoted) >= REMEMBERED:
-                    self.forget()
-                quoted_client = self._quoted[client] = self._text(client)
+                quoted_client = self._quoted.remember(client, self._text(client))
             extra += f', "client": {quoted_client}'
         self._write(
             f'{{"timestamp": "{self._now()}", "level": "info", "event": "request", '

@@ -17,6 +17,7 @@ from yarl import URL
 
 from proxy.aiohttp_internals import WholeResponse
 from proxy.body import RequestBody, SpoolSpace, TeeBody, too_large
+from proxy.bounded_cache import BoundedCache
 from proxy.cache.key import BodyDigest
 from proxy.cache.policy import Decision
 from proxy.cache.step import X_CACHE, ConversionCache, Ticket
@@ -119,7 +120,7 @@ class Forwarder:
         # Upstream URL per request target: clients repeat a few paths, and a URL reused keeps
         # what yarl and aiohttp cache on it. Cleared when full (endless distinct paths cost a
         # URL.build each, as without it, not memory).
-        self._urls: dict[str, URL] = {}
+        self._urls: BoundedCache[str, URL] = BoundedCache(URLS_REMEMBERED)
         self._read_timeout = settings.read_timeout
         self._memory_limit = settings.body_memory_limit
         self._max_body = settings.max_body_size
@@ -127,9 +128,7 @@ class Forwarder:
         self._body_timeout = settings.request_body_timeout
         self._spool = SpoolSpace(settings.spool_max_size)  # this process's, all bodies together
         self._observe_latency = metrics.observe_upstream_latency
-        self._count_replay = metrics.replays.inc
-        self._count_stale_retried = metrics.stale_connections.labels("retried").inc
-        self._count_stale_failed = metrics.stale_connections.labels("failed").inc
+        self._metrics = metrics
         # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall.
         self._loop = asyncio.get_running_loop()
 
@@ -209,9 +208,7 @@ class Forwarder:
         raw_target = request.raw_path
         url = self._urls.get(raw_target)
         if url is None:
-            if len(self._urls) >= URLS_REMEMBERED:
-                self._urls.clear()
-            url = self._urls[raw_target] = self._target.url_for(raw_target)
+            url = self._urls.remember(raw_target, self._target.url_for(raw_target))
         in_headers = request.headers
         method = request.method
         payload = _Payload(body, request.content_length, "Content-Length" in in_headers)
@@ -237,12 +234,12 @@ class Forwarder:
                     raise body.failure from None
                 stale = is_stale_connection(exc)
                 if stale and next_action(policy, Outcome.STALE) is Action.RESEND:
-                    self._count_stale_retried()
+                    self._metrics.stale_connections.labels("retried").inc()
                     log.info("upstream connection was stale: resending once")
                     action = Action.RESEND
                     continue
                 if stale:
-                    self._count_stale_failed()
+                    self._metrics.stale_connections.labels("failed").inc()
                 raise _failure(exc) from None  # no local holds it: no frame <-> error cycle
             self._observe_latency(loop.time() - started)
             outcome = Outcome.UNAUTHORIZED if response.status == 401 else Outcome.ANSWERED
@@ -254,7 +251,7 @@ class Forwarder:
                 return response
             response.release()  # a replayed 401 is never shown to the client
             token = fresh
-            self._count_replay()
+            self._metrics.replays.inc()
             log.info("upstream answered 401: replaying once with a renewed token")
 
     async def _stream_back(

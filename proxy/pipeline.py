@@ -165,11 +165,11 @@ class Pipeline:
             match_info = await self._router.resolve(request)
             match_info.add_app(self._app)
             match_info.freeze()
+            route = match_info.route
+            kind = self._kinds.get(route, RouteKind.FORWARD)
         else:
-            match_info = self._forwarded
+            match_info, route, kind = self._forwarded, self._catch_all, RouteKind.FORWARD
         set_route(request, match_info)
-        route = match_info.route
-        kind = self._kinds.get(route, RouteKind.FORWARD)
         request_id, from_client = request_id_of(request)
         exchange = request[EXCHANGE] = Exchange(request_id)
         # Each request runs in its own task with a copy of the server's (clean) context,
