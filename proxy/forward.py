@@ -25,7 +25,7 @@ from proxy.errors import BadRequest, ProxyError
 from proxy.exchange import EXCHANGE, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.replay import Action, Outcome, next_action, send_policy
+from proxy.replay import Action, Outcome, next_send
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import (
@@ -46,41 +46,34 @@ URLS_REMEMBERED = 1024
 EMPTY_BODY = RequestBody()
 
 
-class _Payload:
-    """The request body as each send hands it to aiohttp, and the Content-Length to say."""
+def _body_to_send(
+    body: RequestBody, declared: int | None, has_length: bool
+) -> tuple[bytes | None, list[tuple[str, str]], bool]:
+    """How aiohttp gets the body: bytes (None: no body at all), the Content-Length header the
+    proxy must add, and whether the body is streamed (from the client or the spool) instead."""
+    if body is EMPTY_BODY:
+        # No body; a declared "Content-Length: 0" is kept (aiohttp sends it for b"").
+        return (b"" if has_length else None), [], False
+    data = body.in_memory
+    if data is None:
+        # Streamed, so say its length ourselves (aiohttp does for bytes); a tee body's length
+        # is the one the client declared.
+        size = declared if isinstance(body, TeeBody) else body.size
+        return None, [("Content-Length", str(size))], True
+    if not data and not has_length:
+        return None, [], False  # a chunked upload of nothing: send no body at all
+    return data, [], False
 
-    __slots__ = ("_body", "data", "length", "streamed")
 
-    def __init__(self, body: RequestBody, declared: int | None, has_length: bool) -> None:
-        self._body = body
-        self.length: list[tuple[str, str]] = []
-        self.streamed = False
-        self.data: bytes | None
-        if body is EMPTY_BODY:
-            # No body; a declared "Content-Length: 0" is kept (aiohttp sends it for b"").
-            self.data = b"" if has_length else None
-            return
-        self.data = body.in_memory
-        if self.data is None:
-            # Streamed (from the client or the disk), so say its length ourselves (aiohttp
-            # does for bytes); a tee body's length is the one the client declared.
-            self.streamed = True
-            size = declared if isinstance(body, TeeBody) else body.size
-            self.length = [("Content-Length", str(size))]
-        elif not self.data and not has_length:
-            self.data = None  # a chunked upload of nothing: send no body at all
-
-    async def stream(self, action: Action) -> AsyncIterator[bytes]:
-        """A streamed body for this send: a tee body goes on from the client the first
-        time, then (a resend or replay) whole from its copy."""
-        body = self._body
-        if not isinstance(body, TeeBody):
-            return body.chunks()
-        if action is Action.SEND:
-            return body.stream()
-        await body.finish()
-        self.length = [("Content-Length", str(body.size))]
+async def _stream(body: RequestBody, first: bool) -> AsyncIterator[bytes]:
+    """A streamed body for one send: a tee body goes on from the client the first time, then
+    (a resend or a replay) whole from its copy."""
+    if not isinstance(body, TeeBody):
         return body.chunks()
+    if first:
+        return body.stream()
+    await body.finish()
+    return body.chunks()
 
 
 def _failure(exc: BaseException) -> ProxyError:
@@ -211,41 +204,47 @@ class Forwarder:
             url = self._urls.remember(raw_target, self._target.url_for(raw_target))
         in_headers = request.headers
         method = request.method
-        payload = _Payload(body, request.content_length, "Content-Length" in in_headers)
-        policy = send_policy(method in IDEMPOTENT_METHODS)
-        action = next(policy)
+        data, length, streamed = _body_to_send(
+            body, request.content_length, "Content-Length" in in_headers
+        )
+        idempotent = method in IDEMPOTENT_METHODS
         tokens = self._tokens
         # The held token when it is valid (nearly always: no coroutine), else wait for one.
         token = tokens.valid_token() or await tokens.get()
         session, loop = self._session, self._loop
+        sends = 0
         while True:
-            data = payload.data if not payload.streamed else await payload.stream(action)
-            out = outbound_request_headers(in_headers, token.value) + payload.length
+            sends += 1
+            if streamed:
+                data_or_stream: object = await _stream(body, first=sends == 1)
+                if sends > 1 and isinstance(body, TeeBody):
+                    length = [("Content-Length", str(body.size))]  # the copy, complete now
+            else:
+                data_or_stream = data
+            out = outbound_request_headers(in_headers, token.value) + length
             started = loop.time()
             exchange.sent_upstream = True  # a client hanging up from here on still pays
             try:
                 response = await session.request(
-                    method, url, headers=out, data=data, allow_redirects=False
+                    method, url, headers=out, data=data_or_stream, allow_redirects=False
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if action is Action.SEND and never_sent(exc):
+                if sends == 1 and never_sent(exc):
                     exchange.sent_upstream = False  # no connection: not a call
                 if body.failure is not None:  # the client's side broke, or the spool
                     raise body.failure from None
                 stale = is_stale_connection(exc)
-                if stale and next_action(policy, Outcome.STALE) is Action.RESEND:
+                if stale and next_send(Outcome.STALE, sends, idempotent) is Action.RESEND:
                     self._metrics.stale_connections.labels("retried").inc()
                     log.info("upstream connection was stale: resending once")
-                    action = Action.RESEND
                     continue
                 if stale:
                     self._metrics.stale_connections.labels("failed").inc()
                 raise _failure(exc) from None  # no local holds it: no frame <-> error cycle
             self._observe_latency(loop.time() - started)
             outcome = Outcome.UNAUTHORIZED if response.status == 401 else Outcome.ANSWERED
-            if next_action(policy, outcome) is not Action.REPLAY:
+            if next_send(outcome, sends, idempotent) is not Action.REPLAY:
                 return response  # done: the answer goes back (a second 401 as it is)
-            action = Action.REPLAY
             fresh = await tokens.renew(token)
             if fresh is None:  # no new token now (renewal cap, or it failed): the 401 as is
                 return response

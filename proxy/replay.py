@@ -1,4 +1,4 @@
-"""The send policy: the one rule for a second send, after httpx's ``auth_flow``.
+"""The send policy: the one rule for a second send.
 
 A request goes upstream at most twice (``MAX_SENDS``). After a send:
 
@@ -10,24 +10,20 @@ A request goes upstream at most twice (``MAX_SENDS``). After a send:
 - anything else, or a second send whatever it gave: done. The answer goes back to the client
   (a second 401 as it is), a failure is raised.
 
-The policy is a generator, free of sockets and tokens: it yields what to do, the sender
-(``proxy.forward``) carries it out and sends back what happened::
-
-    policy = send_policy(idempotent)
-    action = next(policy)              # SEND
-    action = policy.send(outcome)      # RESEND or REPLAY; StopIteration when done
+A pure function, free of sockets and tokens: the sender (``proxy.forward``) tells it what the
+last send gave, it answers what to do next, as httpx's ``auth_flow`` generator does. Not a
+generator itself: creating and finishing one per request cost ~9,000 instructions (1.7 % of a
+small request under callgrind; a plain call costs a few hundred).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
 
 MAX_SENDS = 2
 
 
 class Action(enum.Enum):
-    SEND = "send"  # with the token held
     RESEND = "resend"  # the same request again, on a fresh connection
     REPLAY = "replay"  # renew the token, then the same request again
 
@@ -38,24 +34,13 @@ class Outcome(enum.Enum):
     STALE = "stale"  # the connection broke before any answer
 
 
-Policy = Generator[Action, Outcome, None]
-
-
-def send_policy(idempotent: bool) -> Policy:
-    """What to do after each send, for a request of an (RFC 9110) idempotent method or not."""
-    outcome = yield Action.SEND
-    for _ in range(MAX_SENDS - 1):
-        if outcome is Outcome.STALE and idempotent:
-            outcome = yield Action.RESEND
-        elif outcome is Outcome.UNAUTHORIZED:
-            outcome = yield Action.REPLAY
-        else:
-            return
-
-
-def next_action(policy: Policy, outcome: Outcome) -> Action | None:
-    """The policy's answer to ``outcome``: the next send, or None when it is done."""
-    try:
-        return policy.send(outcome)
-    except StopIteration:
+def next_send(outcome: Outcome, sends: int, idempotent: bool) -> Action | None:
+    """After ``sends`` sends, the last of which gave ``outcome``: how to send again, or None
+    when done. ``idempotent``: the request's method is (RFC 9110 §9.2.2)."""
+    if sends >= MAX_SENDS:
         return None
+    if outcome is Outcome.UNAUTHORIZED:
+        return Action.REPLAY
+    if outcome is Outcome.STALE and idempotent:
+        return Action.RESEND
+    return None
