@@ -121,6 +121,7 @@ class ConversionCache:
         self._hits_today = self._misses_today = 0
         metrics.registry.register(_CacheCollector(self))
         self._fills: set[asyncio.Task[bool]] = set()
+        self._store_down = False
 
     def count_hit(self) -> None:
         self._count_hit()
@@ -207,11 +208,26 @@ class ConversionCache:
         )
 
     async def _get(self, key: str) -> Hit | None:
+        """The store's entry; a broken store is a miss, never a failed request, logged once
+        when it breaks and once when it answers again (not once per request)."""
         try:
-            return await self.store.get(key, time.time())
-        except Exception as exc:  # a broken store is a miss, never a failed request
-            log.warning("cache lookup failed; forwarding", cause=type(exc).__name__)
+            hit = await self.store.get(key, time.time())
+        except Exception as exc:
+            self.store_failed(exc)
             return None
+        if self._store_down:
+            self._store_down = False
+            log.info("cache store reachable again", store=self.store.description)
+        return hit
+
+    def store_failed(self, exc: Exception) -> None:
+        if not self._store_down:
+            self._store_down = True
+            log.warning(
+                "cache store failing: conversions are forwarded and not stored until it is back",
+                store=self.store.description,
+                cause=type(exc).__name__,
+            )
 
     async def lookup(self, ticket: Ticket, key: str) -> Hit | None:
         """The entry for ``key``, waiting for an identical request in flight first; None:
@@ -331,7 +347,7 @@ class Fill:
                 try:
                     writer = await cache.store.writer(self.key)
                 except Exception as exc:
-                    log.warning("cache store cannot take an entry", cause=type(exc).__name__)
+                    cache.store_failed(exc)
             size = 0
             async for chunk in chunks:
                 size += len(chunk)

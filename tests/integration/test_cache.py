@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from pydantic import SecretStr
 
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 from tests.integration.test_cli import run_cli
 from tests.redis_server import start_redis
 
@@ -374,7 +374,7 @@ async def test_when_the_single_flight_fails_each_waiter_is_forwarded_itself(
 
 
 async def test_a_redis_cache_with_a_password_and_a_wrong_one(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path, logs: LogCapture
 ) -> None:
     password = "cache-redis-password-0123456789"
     process, url = start_redis(tmp_path, password=password)
@@ -389,6 +389,11 @@ async def test_a_redis_cache_with_a_password_and_a_wrong_one(
             status, headers, _ = await put(wrong, body=b"another document")
             assert (status, headers["X-Cache"]) == (200, "MISS")
         assert await conversions(sandbox) == 3
+        failing = logs.events(
+            "cache store failing: conversions are forwarded and not stored until it is back"
+        )
+        assert len(failing) == 1  # once per outage, not once per request
+        assert password not in logs.text
     finally:
         process.terminate()
         process.wait(timeout=10)
