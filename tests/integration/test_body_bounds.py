@@ -58,6 +58,17 @@ async def closed_soon(directory: Path) -> None:
     assert open_files_in(directory) == []
 
 
+def proxy_errors(logs: LogCapture) -> list[str]:
+    """Error lines of the proxy: its loggers, or aiohttp's for a request the proxy's protocol
+    failed to finish (the sandbox, cut off mid-upload, may log its own error)."""
+    return [
+        line
+        for line in logs.text.splitlines()
+        if '"level": "error"' in line
+        and ('"logger": "proxy' in line or '"event": "Unhandled exception"' in line)
+    ]
+
+
 def spool(tmp_path: Path) -> Path:
     path = tmp_path / "spool"
     path.mkdir()
@@ -121,7 +132,7 @@ async def test_a_stalled_streamed_upload_is_cut_short_upstream_and_frees_its_spo
             break
         await asyncio.sleep(0.1)
     assert not folder.exists() or list(folder.iterdir()) == []
-    assert '"level": "error"' not in logs.text
+    assert proxy_errors(logs) == []
 
 
 async def test_a_slow_body_that_keeps_sending_is_not_cut(proxy_factory: ProxyFactory) -> None:
@@ -216,7 +227,7 @@ async def test_after_a_408_the_proxy_logs_no_error_and_keeps_serving(
     async with proxy.client.put(proxy.url + ECHO, data=b"y" * 100) as response:
         assert response.status == 200
     assert logs.events("no request body byte within request_body_timeout; ending the request")
-    assert '"level": "error"' not in logs.text
+    assert proxy_errors(logs) == []
 
 
 async def test_a_stalled_form_at_the_local_token_endpoint_gets_408(
