@@ -5,8 +5,10 @@ is preceded by its length. In the key: a schema version, the upstream base URL a
 ``client_id`` (two applications never share entries), the client's name when
 ``cache_scope = "client"``, the method, the decoded path, the query sorted by name (repeated
 values in their order), the media type of ``Content-Type`` without its boundary, ``Accept``,
-and the body: its SHA-256, or for ``multipart/*`` the ordered parts as (name, filename,
-content type, SHA-256) computed while the body is spooled. Authorization, X-Proxy-Key,
+``Accept-Encoding`` (its codings, lower case and sorted: upstream compresses by it and the
+entry keeps the body as received, so a client that cannot read gzip must never get a gzip
+entry), and the body: its SHA-256, or for ``multipart/*`` the ordered parts as (name,
+filename, content type, SHA-256) computed while the body is spooled. Authorization, X-Proxy-Key,
 User-Agent, Content-Length and request ids stay out.
 """
 
@@ -19,7 +21,7 @@ from email.message import Message
 
 from proxy.cache.multipart import MultipartDigest, Part
 
-SCHEMA = "aspose-proxy-cache/1"
+SCHEMA = "aspose-proxy-cache/2"  # 2: Accept-Encoding joined the key
 
 
 def _utf8(text: str) -> bytes:
@@ -46,6 +48,13 @@ def media_type(content_type: str | None) -> tuple[str, str | None]:
         else:
             kept.append(f"{name.lower()}={value}")
     return ";".join(kept), boundary
+
+
+def codings(accept_encoding: str | None) -> str:
+    """``Accept-Encoding`` as its codings, lower case, sorted: ``gzip, br`` = ``br,gzip``."""
+    if not accept_encoding:
+        return ""
+    return ",".join(sorted({c.strip().lower() for c in accept_encoding.split(",") if c.strip()}))
 
 
 class BodyDigest:
@@ -98,6 +107,7 @@ class KeyInput:
     query: Sequence[tuple[str, str]]
     content_type: str | None
     accept: str | None
+    accept_encoding: str | None = None
 
 
 def cache_key(request: KeyInput, body: Sequence[bytes]) -> str:
@@ -118,6 +128,7 @@ def cache_key(request: KeyInput, body: Sequence[bytes]) -> str:
     fields += (
         _utf8(media_type(request.content_type)[0]),
         _utf8(request.accept or ""),
+        _utf8(codings(request.accept_encoding)),
         *body,
     )
     for field in fields:

@@ -203,6 +203,7 @@ class ConversionCache:
                 query=list(request.query.items()),
                 content_type=headers.get("Content-Type"),
                 accept=headers.get("Accept"),
+                accept_encoding=headers.get("Accept-Encoding"),
             ),
             body.fields(),
         )

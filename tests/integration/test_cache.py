@@ -397,3 +397,15 @@ async def test_a_redis_cache_with_a_password_and_a_wrong_one(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+async def test_a_client_that_accepts_gzip_never_shares_an_entry_with_one_that_does_not(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(**disk(tmp_path))
+    _, headers, _ = await put(proxy, **{"Accept-Encoding": "gzip"})
+    assert headers["X-Cache"] == "MISS"
+    _, headers, _ = await put(proxy, **{"Accept-Encoding": "identity"})
+    assert headers["X-Cache"] == "MISS"  # upstream may have compressed the first answer
+    _, headers, _ = await put(proxy, **{"Accept-Encoding": "gzip"})
+    assert headers["X-Cache"] == "HIT"

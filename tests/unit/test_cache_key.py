@@ -120,3 +120,10 @@ def test_the_boundary_is_not_part_of_the_media_type() -> None:
     assert cache_key(_request(content_type="multipart/form-data; boundary=1"), []) == cache_key(
         _request(content_type="multipart/form-data; boundary=2"), []
     )
+
+
+def test_accept_encoding_separates_entries_whatever_the_order_of_its_codings() -> None:
+    plain = cache_key(_request(), [])
+    gzip = cache_key(_request(accept_encoding="gzip, br"), [])
+    assert gzip != plain  # a gzip entry must never answer a client that cannot read it
+    assert gzip == cache_key(_request(accept_encoding="BR,gzip"), [])
