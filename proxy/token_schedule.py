@@ -188,9 +188,10 @@ class FileStore:
             state = self._parse(raw)
             yield state
             data = json.dumps(state, separators=(",", ":")).encode()
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, data)
+            if data != raw:  # a look (/readyz, /_proxy/) changes nothing: no write
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
         finally:
             os.close(fd)  # releases the lock
 
