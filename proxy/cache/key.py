@@ -7,9 +7,10 @@ is preceded by its length. In the key: a schema version, the upstream base URL a
 values in their order), the media type of ``Content-Type`` without its boundary, ``Accept``,
 ``Accept-Encoding`` (its codings, lower case and sorted: upstream compresses by it and the
 entry keeps the body as received, so a client that cannot read gzip must never get a gzip
-entry), and the body: its SHA-256, or for ``multipart/*`` the ordered parts as (name,
-filename, content type, SHA-256) computed while the body is spooled. Authorization, X-Proxy-Key,
-User-Agent, Content-Length and request ids stay out.
+entry), the request's ``Content-Encoding``, and the body: its SHA-256, or for
+``multipart/*`` the ordered parts as (name, filename, content type, SHA-256) computed while
+the body is spooled. Authorization, X-Proxy-Key, User-Agent, Content-Length and request ids
+stay out.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class KeyInput:
     content_type: str | None
     accept: str | None
     accept_encoding: str | None = None
+    content_encoding: str | None = None  # of the request body: the same bytes gzip or not
 
 
 def cache_key(request: KeyInput, body: Sequence[bytes]) -> str:
@@ -129,6 +131,7 @@ def cache_key(request: KeyInput, body: Sequence[bytes]) -> str:
         _utf8(media_type(request.content_type)[0]),
         _utf8(request.accept or ""),
         _utf8(codings(request.accept_encoding)),
+        _utf8(codings(request.content_encoding)),
         *body,
     )
     for field in fields:

@@ -204,6 +204,7 @@ class ConversionCache:
                 content_type=headers.get("Content-Type"),
                 accept=headers.get("Accept"),
                 accept_encoding=headers.get("Accept-Encoding"),
+                content_encoding=headers.get("Content-Encoding"),
             ),
             body.fields(),
         )

@@ -108,6 +108,7 @@ def test_every_identity_field_separates_entries() -> None:
         {"path": "/v4.0/words/convert/x"},
         {"accept": "application/pdf"},
         {"content_type": "application/octet-stream"},
+        {"content_encoding": "gzip"},  # the same bytes, another document
     ):
         assert cache_key(_request(**change), []) != base, change
 
