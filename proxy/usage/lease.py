@@ -14,7 +14,10 @@ takes several calls (or tokens) at once and spends them from memory:
   usage flush task sweeps every interval), and all of them at shutdown, so an idle replica
   keeps nothing from the others for long; a crash loses at most its lease (never overspends);
 - rate tokens are usable for ``TOKEN_TTL`` seconds after their lease, then dropped (a rate
-  is about time: an old token is not given back, the bucket refills anyway).
+  is about time: an old token is not given back). So that a quiet process does not drop most
+  of each lease, a token lease is sized by what this process used of its last one: doubled
+  when it was used up, cut to what was used when it expired (a process making one call a
+  second leases one or two tokens at a time).
 
 Reservations are never more than the shared counters allow: a lease is counted there when it
 is taken. What a lease changes is when another process is refused: while one holds unused
@@ -48,7 +51,8 @@ class Leases:
         self.ledger = ledger
         self._clock = clock
         self._calls: dict[tuple[str, ...], _Lease] = {}
-        self._tokens: dict[tuple[str, ...], tuple[int, float]] = {}  # keys -> (left, taken at)
+        # keys -> (left, taken at, size of that lease)
+        self._tokens: dict[tuple[str, ...], tuple[int, float, int]] = {}
 
     async def reserve(
         self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = MOST
@@ -80,13 +84,14 @@ class Leases:
     async def take(self, buckets: Sequence[Bucket], most: int = MOST) -> tuple[int, float]:
         key = tuple(bucket.key for bucket in buckets)
         now = self._clock()
-        left, at = self._tokens.get(key, (0, 0.0))
+        left, at, size = self._tokens.get(key, (0, 0.0, 0))
         if left == 0 or now - at > TOKEN_TTL:
-            left, wait = await self.ledger.take(buckets, most)
+            size = token_lease_size(size, left, most)
+            left, wait = await self.ledger.take(buckets, size)
             if left == 0:
                 return 0, wait
             at = now
-        self._tokens[key] = (left - 1, at)
+        self._tokens[key] = (left - 1, at, size)
         return 1, 0.0
 
     async def give_back(self, idle: float = IDLE) -> None:
@@ -113,3 +118,13 @@ class Leases:
         lease.left += count
         lease.values = max(lease.values, values)
         return lease
+
+
+def token_lease_size(last: int, unused: int, most: int) -> int:
+    """The next token lease's size after one of ``last`` tokens that ended with ``unused``
+    (expired): what was used then; doubled after one used up; 1 to begin with."""
+    if last == 0:
+        return 1
+    if unused:
+        return max(1, last - unused)
+    return min(most, 2 * last)

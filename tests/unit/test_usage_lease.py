@@ -3,7 +3,9 @@ from memory, exact near the end of a budget, given back when idle."""
 
 from __future__ import annotations
 
-from proxy.usage.lease import IDLE, MOST, TOKEN_TTL, Leases
+import pytest
+
+from proxy.usage.lease import IDLE, MOST, TOKEN_TTL, Leases, token_lease_size
 from proxy.usage.memory import MemoryLedger
 from proxy.usage.store import Bucket
 from tests.fake_clock import FakeClock
@@ -36,16 +38,29 @@ async def test_a_call_given_back_returns_to_the_lease() -> None:
     assert await shared.peek(["b"]) == [0]
 
 
-async def test_leased_tokens_are_spent_from_memory_then_dropped_when_old() -> None:
+async def test_token_leases_grow_while_used_up_and_shrink_to_what_a_quiet_process_uses() -> None:
     clock = FakeClock(0.0)
     shared = MemoryLedger(monotonic=clock)
     leases = Leases(shared, clock=clock)
     wide = Bucket("rate:1:10000:*", rate=1, burst=10_000)
-    assert [await leases.take([wide]) for _ in range(5)] == [(1, 0.0)] * 5
-    assert shared._buckets[wide.key][0] == 10_000 - MOST  # one take from the shared bucket
-    clock.now += TOKEN_TTL + 0.1  # the rest of the lease is dropped, a new one taken
-    assert await leases.take([wide]) == (1, 0.0)
-    assert shared._buckets[wide.key][0] < 10_000 - MOST
+    assert [await leases.take([wide]) for _ in range(127)] == [(1, 0.0)] * 127
+    # Leases of 1, 2, 4, ... 64: 127 tokens in 7 round trips, none left over.
+    assert shared._buckets[wide.key][0] == 10_000 - 127
+    for _ in range(3):  # then one call a second: each lease expires with 63 unused
+        clock.now += TOKEN_TTL + 0.1
+        assert await leases.take([wide]) == (1, 0.0)
+    level = shared._buckets[wide.key][0]
+    clock.now += TOKEN_TTL + 0.1
+    await leases.take([wide])  # the lease is now one token: nothing dropped
+    assert shared._buckets[wide.key][0] == pytest.approx(level + TOKEN_TTL + 0.1 - 1)
+
+
+def test_token_lease_size() -> None:
+    assert token_lease_size(0, 0, MOST) == 1
+    assert token_lease_size(8, 0, MOST) == 16
+    assert token_lease_size(64, 0, MOST) == MOST
+    assert token_lease_size(64, 63, MOST) == 1
+    assert token_lease_size(16, 6, MOST) == 10
 
 
 async def test_an_empty_bucket_refuses_with_its_wait() -> None:
