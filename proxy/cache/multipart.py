@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 MAX_HEADERS = 16 * 1024  # bytes of one part's header block
 
@@ -32,14 +33,19 @@ def _part_headers(block: bytes) -> tuple[str, str | None, str]:
         header, sep, value = line.partition(":")
         if sep:
             message[header.strip()] = value.strip()
-    name: object = message.get_param("name", header="content-disposition")
-    filename: object = message.get_param("filename", header="content-disposition")
+    name = _param(message, "name")
+    filename = _param(message, "filename")
     content_type = message.get("Content-Type", "text/plain").strip().lower()
-    return (
-        name if isinstance(name, str) else "",
-        filename if isinstance(filename, str) else None,
-        content_type,
-    )
+    return (name or "", filename, content_type)
+
+
+def _param(message: Message, name: str) -> str | None:
+    """A Content-Disposition parameter; an RFC 2231 one (``filename*=UTF-8''...``) decoded,
+    so two different encoded file names never read as the same (absent) one."""
+    value = message.get_param(name, header="content-disposition")
+    if value is None:
+        return None
+    return collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
 
 
 class MultipartDigest:

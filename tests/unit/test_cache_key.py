@@ -128,3 +128,15 @@ def test_accept_encoding_separates_entries_whatever_the_order_of_its_codings() -
     gzip = cache_key(_request(accept_encoding="gzip, br"), [])
     assert gzip != plain  # a gzip entry must never answer a client that cannot read it
     assert gzip == cache_key(_request(accept_encoding="BR,gzip"), [])
+
+
+def test_rfc_2231_file_names_are_read_not_dropped() -> None:
+    def parts(filename_star: str) -> list[bytes]:
+        body = (
+            '--b\r\nContent-Disposition: form-data; name="document"; '
+            f"filename*=UTF-8''{filename_star}\r\n\r\nsame bytes\r\n--b--\r\n"
+        ).encode()
+        return _digest("multipart/form-data; boundary=b", body).fields()
+
+    assert parts("r%C3%A9sum%C3%A9.docx") != parts("other.docx")
+    assert parts("r%C3%A9sum%C3%A9.docx")[3] == b"\x01r\xc3\xa9sum\xc3\xa9.docx"
