@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
+import psutil
 import pytest
 import redis as redis_lib
 import yaml
@@ -243,11 +244,11 @@ def test_redis_server_takes_the_manifests_configuration(tmp_path: Path) -> None:
     required, no eviction, AOF on (the port moved to a free one, the data dir to tmp)."""
     [redis_set] = [doc for _, doc in documents() if doc["kind"] == "StatefulSet"]
     [redis] = redis_set["spec"]["template"]["spec"]["containers"]
-    script = redis["args"][0].replace("--dir /data", f"--dir {tmp_path}")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    script += f" --port {port} --bind 127.0.0.1"
+    moved = f"--dir {tmp_path} --port {port} --bind 127.0.0.1"
+    script = redis["args"][0].replace("--dir /data", moved)
     env = {**os.environ, "REDIS_PASSWORD": "a-password-for-the-test"}
     process = subprocess.Popen([*redis["command"], script], env=env, stdout=subprocess.DEVNULL)
     try:
@@ -259,6 +260,9 @@ def test_redis_server_takes_the_manifests_configuration(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.config_get("appendonly") == {"appendonly": "yes"}
+        # exec: the shell is replaced (PID 1 in the pod), so SIGTERM reaches Redis itself.
+        assert psutil.Process(process.pid).name() == "redis-server"
+        assert "a-password-for-the-test" not in " ".join(psutil.Process(process.pid).cmdline())
         with pytest.raises(redis_lib.AuthenticationError):
             redis_lib.Redis(port=port).ping()
         client.close()
