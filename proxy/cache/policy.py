@@ -14,13 +14,30 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 
-# (method, path pattern on the normalised path); a {segment} is one path segment.
+# (method, path pattern), spelt as the SDKs send it and case-folded when compiled: matching is
+# on the normalised (case-folded) path. A {segment} is one path segment. Sources: docs/cache.md.
 ALLOWED: tuple[tuple[str, str], ...] = (
     ("PUT", "/v4.0/words/convert"),
     ("PUT", "/v4.0/cells/convert/spreadsheet"),
     ("PUT", "/v4.0/cells/convert/spreadsheet/pdf"),
     ("PUT", "/v4.0/cells/convert/spreadsheet/csv"),
     ("PUT", "/v4.0/cells/convert/spreadsheet/json"),
+    ("PUT", "/v4.0/cells/convert/worksheet/pdf"),
+    ("PUT", "/v4.0/cells/convert/worksheet/image"),
+    ("PUT", "/v4.0/cells/convert/worksheet/html"),
+    ("PUT", "/v4.0/cells/convert/worksheet/html-table"),
+    ("PUT", "/v4.0/cells/convert/range/pdf"),
+    ("PUT", "/v4.0/cells/convert/range/image"),
+    ("PUT", "/v4.0/cells/convert/range/html"),
+    ("PUT", "/v4.0/cells/convert/range/csv"),
+    ("PUT", "/v4.0/cells/convert/range/json"),
+    ("PUT", "/v4.0/cells/convert/table/pdf"),
+    ("PUT", "/v4.0/cells/convert/table/image"),
+    ("PUT", "/v4.0/cells/convert/table/html"),
+    ("PUT", "/v4.0/cells/convert/table/csv"),
+    ("PUT", "/v4.0/cells/convert/table/json"),
+    ("PUT", "/v4.0/cells/convert/chart/pdf"),
+    ("PUT", "/v4.0/cells/convert/chart/image"),
     ("PUT", "/v3.0/cells/convert"),
     ("POST", "/v3.0/slides/convert/{format}"),
     ("POST", "/v3.0/pdf/convert/xlsx"),
@@ -28,6 +45,21 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     ("POST", "/v3.0/imaging/resize"),
     ("POST", "/v3.0/imaging/crop"),
     ("POST", "/v3.0/imaging/rotateflip"),
+    ("POST", "/v3.0/imaging/deskew"),
+    ("POST", "/v3.0/imaging/grayscale"),
+    ("POST", "/v3.0/imaging/updateImage"),
+    ("POST", "/v3.0/imaging/tiff/toFax"),
+    ("POST", "/v3.0/imaging/frames/{frameId}"),  # "range" included: frames/range
+    ("POST", "/v3.0/imaging/bmp"),
+    ("POST", "/v3.0/imaging/emf"),
+    ("POST", "/v3.0/imaging/gif"),
+    ("POST", "/v3.0/imaging/jpg"),
+    ("POST", "/v3.0/imaging/jpg2000"),
+    ("POST", "/v3.0/imaging/psd"),
+    ("POST", "/v3.0/imaging/svg"),
+    ("POST", "/v3.0/imaging/tiff"),
+    ("POST", "/v3.0/imaging/webp"),
+    ("POST", "/v3.0/imaging/wmf"),
     ("GET", "/v4.0/barcode/generate/{type}"),
     ("POST", "/v4.0/barcode/generate-body"),
     ("POST", "/v4.0/barcode/generate-multipart"),
@@ -69,7 +101,7 @@ class Decision(enum.Enum):
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(pattern)) + "/?")
+    return re.compile(re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(pattern.casefold())) + "/?")
 
 
 _ROUTES: dict[str, tuple[re.Pattern[str], ...]] = {}

@@ -24,10 +24,13 @@ ROUTES: Final = (
     ("PUT", "/v4.0/words/convert"),
     ("PUT", "/v4.0/cells/convert/spreadsheet"),
     ("PUT", "/v4.0/cells/convert/spreadsheet/{format}"),
+    ("PUT", "/v4.0/cells/convert/{kind:(worksheet|range|table|chart)}/{format}"),
     ("PUT", "/v3.0/cells/convert"),
     ("POST", "/v3.0/slides/convert/{format}"),
     ("POST", "/v3.0/pdf/convert/xlsx"),
     ("POST", "/v3.0/imaging/{operation}"),
+    ("POST", "/v3.0/imaging/tiff/toFax"),
+    ("POST", "/v3.0/imaging/frames/{frame}"),
     ("GET", "/v4.0/barcode/generate/{type}"),
     ("POST", "/v4.0/barcode/{operation:(generate|recognize|scan)-(body|multipart)}"),
 )

@@ -13,6 +13,7 @@ import pytest
 from multidict import CIMultiDict
 from pydantic import SecretStr
 
+from proxy.cache.policy import ALLOWED
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 from tests.integration.test_cli import run_cli
@@ -65,6 +66,30 @@ async def test_a_path_off_the_allow_list_has_no_x_cache_header(
     proxy = await proxy_factory(**disk(tmp_path))
     async with proxy.client.get(proxy.url + "/v4.0/words/storage/disc") as response:
         assert "X-Cache" not in response.headers
+
+
+SAMPLES = {"{format}": "pdf", "{type}": "QR", "{frameId}": "0"}
+
+
+async def test_every_allow_listed_conversion_is_answered_by_the_sandbox_and_hits(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """Each path of the allow-list, spelt as the SDKs send it (docs/cache.md), exists in the
+    sandbox and a second identical call is a hit (a path the sandbox lacks answers 404: MISS)."""
+    proxy = await proxy_factory(**disk(tmp_path))
+    for method, pattern in ALLOWED:
+        target = pattern
+        for placeholder, sample in SAMPLES.items():
+            target = target.replace(placeholder, sample)
+        for expected in ("MISS", "HIT"):
+            async with proxy.client.request(method, proxy.url + target, data=DOC) as response:
+                await response.read()
+                assert (target, response.status, response.headers["X-Cache"]) == (
+                    target,
+                    200,
+                    expected,
+                )
+    assert await conversions(sandbox) == len(ALLOWED)
 
 
 @pytest.mark.parametrize(

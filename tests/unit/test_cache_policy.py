@@ -28,6 +28,19 @@ def _decide(method: str, target: str, **headers: str) -> Decision:
         ("POST", "/v3.0/slides/convert/pdf"),
         ("POST", "/v3.0/pdf/convert/xlsx"),
         ("POST", "/v3.0/imaging/convert?format=png"),
+        # Confirmed in the SDK sources this round (docs/cache.md):
+        ("PUT", "/v4.0/cells/convert/worksheet/pdf?worksheet=Sheet1"),
+        ("PUT", "/v4.0/cells/convert/range/json?worksheet=Sheet1&range=A1:C3"),
+        ("PUT", "/v4.0/cells/convert/table/html"),
+        ("PUT", "/v4.0/cells/convert/chart/image?chartIndex=0"),
+        ("POST", "/v3.0/imaging/updateImage?rotateFlipMethod=Rotate90FlipNone"),
+        ("POST", "/v3.0/imaging/tiff/toFax"),
+        ("POST", "/v3.0/imaging/frames/2?newWidth=10"),
+        ("POST", "/v3.0/imaging/frames/range?startFrameId=0&endFrameId=2"),
+        ("POST", "/v3.0/imaging/deskew"),
+        ("POST", "/v3.0/imaging/grayscale"),
+        ("POST", "/v3.0/imaging/jpg?quality=80"),
+        ("POST", "/v3.0/imaging/webp"),
         ("GET", "/v4.0/barcode/generate/QR?data=x"),
         ("POST", "/v4.0/barcode/generate-body"),
         ("POST", "/v4.0/barcode/generate-multipart"),
@@ -56,6 +69,14 @@ def test_matching_is_on_the_decoded_case_folded_path() -> None:
         ("POST", "/v3.0/slides/convert/pdf/more"),
         ("PUT", "/v4.0/words/x/../convert"),  # a dot segment: refused by the normalisation
         ("GET", "/v4.0/barcode/recognize"),
+        ("PUT", "/v4.0/cells/convert/workbook/pdf"),  # no such kind
+        ("PUT", "/v4.0/cells/content/convert/text"),
+        ("POST", "/v3.0/pdf/convert/doc"),  # PDF's other in-body conversions: PUT, outPath
+        ("PUT", "/v3.0/pdf/convert/xlsx"),
+        ("POST", "/v3.0/pdf/create/html"),  # HTML may load remote resources
+        ("POST", "/v3.0/imaging/ai/objectdetection/bounds"),  # a model, not a conversion
+        ("POST", "/v3.0/imaging/ai/imageSearch/create"),  # reads storage
+        ("POST", "/v3.0/imaging/frames/1/extra"),
     ],
 )
 def test_everything_else_is_untouched(method: str, target: str) -> None:
