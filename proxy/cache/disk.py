@@ -5,15 +5,16 @@ in 8 bytes (a trailer: the body is written as it streams, from offset 0). It is 
 temporary file, ``fsync``-ed, then renamed into place (POSIX rename is atomic): a
 crash leaves a stray temporary file (removed at the next start), never a visible entry with a
 short body. Entries survive restarts. The LRU order is the files' modification time (touched
-on every hit) and an in-memory index rebuilt from it at start; ``cache_max_size`` counts whole
-files (metadata included). Several processes sharing the directory each keep their own index,
-so the bound holds per process (docs/cache.md).
+on every hit); ``cache_max_size`` counts whole files (metadata included). Eviction reads the
+directory's real total under an ``flock`` on ``lock``, so the bound holds for every process
+sharing the directory (``run --workers N``, or several ``run`` on one volume), not per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -36,20 +37,32 @@ SENDFILE_MIN = 256 * 1024  # smaller bodies are streamed (sendfile's set-up cost
 TAIL = 64 * 1024  # the bytes held back until the hash matched
 MAX_META = 64 * 1024
 TEMP_DIR = "tmp"
+LOCK_FILE = "lock"
 
 
 def _entry_path(root: Path, key: str) -> Path:
     return root / key[:2] / key
 
 
-def _scan(root: Path) -> list[tuple[float, str, int]]:
-    """(mtime, key, size) of every entry; stray temporary files are removed."""
-    found = []
+def _touch(path: Path) -> None:
+    """Set the LRU order: the modification time from the precise clock (the kernel stamps
+    files from a coarse one, a few ms, which tied entries written or hit close together)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+def _remove_strays(root: Path) -> None:
+    """Temporary files left by a crash mid-write."""
     temp = root / TEMP_DIR
     if temp.is_dir():
         for stray in temp.iterdir():
             with contextlib.suppress(OSError):
                 stray.unlink()
+
+
+def _scan(root: Path) -> list[tuple[float, str, int]]:
+    """(mtime, key, size) of every entry, least recently used first."""
+    found = []
     for shard in root.iterdir() if root.is_dir() else ():
         if shard.name == TEMP_DIR or not shard.is_dir():
             continue
@@ -59,6 +72,25 @@ def _scan(root: Path) -> list[tuple[float, str, int]]:
                 found.append((info.st_mtime, entry.name, info.st_size))
     found.sort()
     return found
+
+
+def _evict_shared(root: Path, max_size: int) -> tuple[list[tuple[float, str, int]], int]:
+    """Remove the least recently used entries until the directory's real total is within
+    ``max_size``; under an exclusive ``flock``, so processes sharing the directory evict one at
+    a time from one view of it (each with its own index, two workers held twice the bound).
+    Returns the entries left and how many were removed."""
+    with (root / LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        entries = _scan(root)
+        total = sum(size for _, _, size in entries)
+        removed = 0
+        while total > max_size and entries:
+            _, key, size = entries.pop(0)
+            with contextlib.suppress(FileNotFoundError):  # another process's remove
+                _entry_path(root, key).unlink()
+            total -= size
+            removed += 1
+        return entries, removed
 
 
 def _read_meta(path: Path) -> tuple[BinaryIO, EntryMeta, int] | None:
@@ -240,6 +272,7 @@ class DiskWriter:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+            _touch(self._temp)
             final.parent.mkdir(exist_ok=True)
             os.replace(self._temp, final)
             return final.stat().st_size
@@ -274,11 +307,7 @@ class DiskStore:
 
     async def open(self) -> None:
         await asyncio.to_thread((self.root / TEMP_DIR).mkdir, parents=True, exist_ok=True)
-        self._index.clear()
-        self._bytes = 0
-        for _, key, size in await asyncio.to_thread(_scan, self.root):
-            self._index[key] = size
-            self._bytes += size
+        await asyncio.to_thread(_remove_strays, self.root)
         await self._evict()
 
     async def close(self) -> None:
@@ -300,7 +329,7 @@ class DiskStore:
         if key in self._index:
             self._index.move_to_end(key)
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(os.utime, path)  # the LRU order survives a restart
+            await asyncio.to_thread(_touch, path)  # the LRU order survives a restart
         return DiskHit(self, key, handle, meta)
 
     async def writer(self, key: str) -> DiskWriter:
@@ -314,18 +343,15 @@ class DiskStore:
         return DiskWriter(self, key, handle, temp)
 
     async def added(self, key: str, size: int) -> None:
-        self._bytes -= self._index.pop(key, 0)
-        self._index[key] = size
-        self._bytes += size
         await self._evict()
 
     async def _evict(self) -> None:
-        while self._bytes > self.max_size and self._index:
-            key, size = self._index.popitem(last=False)
-            self._bytes -= size
-            self.evictions += 1
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(_entry_path(self.root, key).unlink)
+        """Evict from the directory's real content (every process's entries) and take it as
+        the index: a scan per stored entry, cheap next to the conversion that made it."""
+        entries, removed = await asyncio.to_thread(_evict_shared, self.root, self.max_size)
+        self.evictions += removed
+        self._index = OrderedDict((key, size) for _, key, size in entries)
+        self._bytes = sum(self._index.values())
 
     def _forget(self, key: str) -> None:
         self._bytes -= self._index.pop(key, 0)

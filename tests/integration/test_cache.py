@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from proxy.cache.policy import ALLOWED
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
 from tests.integration.test_cli import run_cli
+from tests.integration.test_workers import proxy_env, start_workers
 from tests.redis_server import start_redis
+
+__all__ = ["start_workers"]  # the fixture, shared with test_workers.py
 
 CONVERT = "/v4.0/words/convert?format=pdf"
 DOC = b"%DOCX fake document " * 100
@@ -352,6 +356,28 @@ async def test_cache_max_size_evicts_the_least_recently_used(
     await put(proxy, body=three)  # over the size: two goes
     assert (await put(proxy, body=one))[1]["X-Cache"] == "HIT"
     assert (await put(proxy, body=two))[1]["X-Cache"] == "MISS"
+
+
+async def test_two_processes_sharing_a_cache_directory_keep_its_total_within_cache_max_size(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Two ``run`` processes on one directory: the bound is on the directory, not per process
+    (each evicting from its own index, the two together held twice ``cache_max_size``)."""
+    root = tmp_path / "cache"
+    limit = (len(DOC) + 700) * 3  # room for three entries, roughly
+    env = proxy_env(
+        sandbox, ASPOSE_PROXY_CACHE_STORE=f"file://{root}", ASPOSE_PROXY_CACHE_MAX_SIZE=str(limit)
+    )
+    first, second = [await start_workers(env=env) for _ in range(2)]
+    async with aiohttp.ClientSession() as client:
+        for i in range(8):
+            url = (first, second)[i % 2].url + CONVERT
+            async with client.put(url, data=DOC + bytes([i])) as response:
+                await response.read()
+                assert (response.status, response.headers["X-Cache"]) == (200, "MISS")
+    sizes = [entry.stat().st_size for entry in root.glob("??/*")]
+    assert len(sizes) >= 2
+    assert sum(sizes) <= limit, sizes
 
 
 async def test_cache_scope_client_keeps_clients_apart(
