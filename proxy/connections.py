@@ -79,6 +79,7 @@ def check_http_version(version: HttpVersion) -> None:
 
 
 LOOPBACK = "loopback"
+PROCESS = ""  # in ClientConnections' warnings: the process-wide cap, not one client's
 _IPV4_MAPPED = bytes(10) + b"\xff\xff"
 _IPV6_LOOPBACK = bytes(15) + b"\x01"
 
@@ -115,11 +116,14 @@ class ClientConnections:
         self._refused = limits.on_refused
         self._total = 0
         self._counts: dict[str, int] = {}
-        self._at_cap: set[str] = set()  # warned about once until it drops below the cap
+        # Warned about once until it drops below its cap (PROCESS: max_connections).
+        self._at_cap: set[str] = set()
 
     def admit(self, address: str) -> bool:
         if self._total >= self._total_limit:
-            self._refuse("max_connections", "process at max_connections: closing new connections")
+            self._refuse(
+                "max_connections", "process at max_connections: closing new connections", PROCESS
+            )
             return False
         client = client_of(address)
         count = self._counts.get(client, 0)
@@ -141,16 +145,18 @@ class ClientConnections:
             self._counts[client] = count
         self._total -= 1
         self._at_cap.discard(client)
-        self._at_cap.discard("")
+        self._at_cap.discard(PROCESS)
 
-    def _refuse(self, cap: str, warning: str, client: str = "") -> None:
-        """Count the refusal; warn once per client (``""``: the process) until it is below."""
+    def _refuse(self, cap: str, warning: str, client: str) -> None:
+        """Count the refusal; warn once per client (or for the process) until it is below."""
         if self._refused is not None:
             self._refused(cap)
         if client not in self._at_cap:
             self._at_cap.add(client)
-            limit = self._limit if client else self._total_limit
-            log.warning(warning, client=client or None, limit=limit)
+            if client is PROCESS:
+                log.warning(warning, limit=self._total_limit)
+            else:
+                log.warning(warning, client=client, limit=self._limit)
 
 
 class ConnectionGuards:
