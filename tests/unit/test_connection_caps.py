@@ -1,12 +1,12 @@
 """The connection caps' policy (proxy/connections.py), without sockets: which addresses are one
-client, and the per-client and process-wide counts."""
+client, the per-client and process-wide counts, and the bounds' settings (issue 16)."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.connections import LOOPBACK, ClientConnections, ConnectionLimits, client_of
-from proxy.settings import Settings
+from proxy.settings import Settings, load_settings
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,18 @@ def test_default_caps_are_generous_and_the_process_cap_is_1024() -> None:
     fields = Settings.model_fields
     assert fields["max_connections_per_client"].default == 256
     assert fields["max_connections"].default == 1024
+
+
+def test_the_bounds_are_read_from_their_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASPOSE_PROXY_MAX_CONNECTIONS", "64")
+    monkeypatch.setenv("ASPOSE_PROXY_REQUEST_BODY_TIMEOUT", "5")
+    monkeypatch.setenv("ASPOSE_PROXY_SPOOL_MAX_SIZE", "1048576")
+    settings = load_settings({}, None).settings
+    assert settings.max_connections == 64
+    assert settings.request_body_timeout == 5.0
+    assert settings.spool_max_size == 1048576
+    defaults = Settings.model_fields
+    assert defaults["request_body_timeout"].default == 30.0
+    assert defaults["spool_max_size"].default == 8 * 1024**3
