@@ -136,13 +136,13 @@ async def test_a_stalled_streamed_upload_is_cut_short_upstream_and_frees_its_spo
 
 
 async def test_a_slow_body_that_keeps_sending_is_not_cut(proxy_factory: ProxyFactory) -> None:
-    """The deadline is per silence, not for the whole body: a byte every 0.2 s for 1.6 s
-    passes a 0.5 s request_body_timeout."""
-    proxy = await proxy_factory(request_body_timeout=0.5)
+    """The deadline is per silence, not for the whole body: a byte every 0.2 s for 2.4 s
+    passes a 1 s request_body_timeout."""
+    proxy = await proxy_factory(request_body_timeout=1)
     reader, writer = await open_to(proxy.url)
     try:
-        writer.write(put_head(ECHO, "Content-Length: 8"))
-        for byte in b"abcdefgh":
+        writer.write(put_head(ECHO, "Content-Length: 12"))
+        for byte in b"abcdefghijkl":
             await asyncio.sleep(0.2)
             writer.write(bytes([byte]))
         async with asyncio.timeout(10):

@@ -503,17 +503,17 @@ async def test_the_deadline_is_per_silence_not_for_the_whole_body(spool: Path) -
     stream = make_stream()
 
     async def trickle() -> None:
-        for _ in range(6):
-            await asyncio.sleep(0.03)
+        for _ in range(12):  # 0.6 s in all, never 0.5 s without a byte
+            await asyncio.sleep(0.05)
             stream.feed_data(b"x")
         stream.feed_eof()
 
     feeding = asyncio.create_task(trickle())
     body = await RequestBody.read(
-        stream, memory_limit=KiB, max_size=KiB, spool_dir=spool, body_timeout=0.1
+        stream, memory_limit=KiB, max_size=KiB, spool_dir=spool, body_timeout=0.5
     )
     await feeding
-    assert body.in_memory == b"x" * 6
+    assert body.in_memory == b"x" * 12
 
 
 async def test_spilled_bodies_take_spool_space_and_give_it_back(spool: Path) -> None:
