@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import os
 import secrets
 import time
@@ -27,7 +26,7 @@ from typing import BinaryIO
 import structlog
 from aiohttp import web
 
-from proxy.cache.store import SEGMENT, CorruptEntry, EntryMeta, Segments, Stats
+from proxy.cache.store import CorruptEntry, EntryMeta, Stats, body_digest
 
 log = structlog.get_logger("proxy.cache")
 
@@ -129,7 +128,7 @@ class DiskHit:
     async def body(self) -> AsyncIterator[bytes]:
         """The body in READ_CHUNK pieces, each read and hashed in a thread while the one
         before it is sent; the last is held back until the hash matched."""
-        digest = hashlib.sha256()
+        digest = body_digest()
         handle = self._handle
 
         def read(size: int) -> bytes:
@@ -147,14 +146,14 @@ class DiskHit:
                 left -= len(chunk)
                 if left > 0:
                     pending = asyncio.ensure_future(asyncio.to_thread(read, min(READ_CHUNK, left)))
-                elif digest.hexdigest() != self.meta.sha256:
+                elif digest.hexdigest() != self.meta.digest:
                     break  # the last chunk is held back: the client never gets a bad end
                 yield chunk
         finally:
             if not pending.done():  # the answer stopped early: the thread finishes its read
                 with contextlib.suppress(Exception):
                     await pending  # before the file is closed
-        if left != 0 or digest.hexdigest() != self.meta.sha256:
+        if left != 0 or digest.hexdigest() != self.meta.digest:
             await self._store.remove(self._key)
             raise CorruptEntry(f"cache entry {self._key[:12]} does not match its hash")
 
@@ -185,47 +184,30 @@ class DiskHit:
         await response.write(tail)
 
     async def _verify(self, fd: int) -> bool:
-        """Does the file hold the recorded body? Its segments are hashed by two threads at
-        once (a 50 MiB hit waited on one SHA-256 thread: slower than a forwarded download,
-        bench/cache.py); an entry without segments is hashed whole."""
+        """Does the file hold the recorded body? Hashed in one thread while sendfile runs:
+        with BLAKE3 the hash of 50 MiB (10 ms of CPU) finishes before the send does; with
+        SHA-256, even split over two threads, a big hit waited on it (bench/cache.py)."""
         meta = self.meta
-        if not meta.segments:
-            return await asyncio.to_thread(_sha256_of, fd, 0, meta.size) == meta.sha256
-        count = len(meta.segments)
-        if count != -(-meta.size // SEGMENT):
-            return False
-        evens, odds = await asyncio.gather(
-            asyncio.to_thread(_segment_digests, fd, meta.size, range(0, count, 2)),
-            asyncio.to_thread(_segment_digests, fd, meta.size, range(1, count, 2)),
-        )
-        found = [""] * count
-        found[0::2], found[1::2] = evens, odds
-        return tuple(found) == meta.segments
+        return await asyncio.to_thread(_digest_of, fd, meta.size) == meta.digest
 
     async def close(self) -> None:
         await asyncio.to_thread(self._handle.close)
 
 
-def _sha256_of(fd: int, offset: int, count: int, buffer: bytearray | None = None) -> str:
-    """SHA-256 of ``count`` bytes of ``fd`` from ``offset``, read into one reused buffer
+def _digest_of(fd: int, count: int) -> str:
+    """The body digest of the first ``count`` bytes of ``fd``, read into one reused buffer
     (``os.preadv``: the file position, which sendfile moves, is not touched; a fresh 1 MiB
     bytes per read cost a page fault per 4 KiB)."""
-    digest = hashlib.sha256()
-    buffer = buffer if buffer is not None else bytearray(READ_CHUNK)
-    view = memoryview(buffer)
-    end = offset + count
-    while offset < end:
-        got = os.preadv(fd, [view[: min(READ_CHUNK, end - offset)]], offset)
+    digest = body_digest()
+    view = memoryview(bytearray(READ_CHUNK))
+    offset = 0
+    while offset < count:
+        got = os.preadv(fd, [view[: min(READ_CHUNK, count - offset)]], offset)
         if not got:
             return ""
         digest.update(view[:got])
         offset += got
     return digest.hexdigest()
-
-
-def _segment_digests(fd: int, size: int, indexes: range) -> list[str]:
-    buffer = bytearray(READ_CHUNK)
-    return [_sha256_of(fd, i * SEGMENT, min(SEGMENT, size - i * SEGMENT), buffer) for i in indexes]
 
 
 async def _write_range(response: web.StreamResponse, fd: int, offset: int, count: int) -> None:
@@ -246,23 +228,20 @@ class DiskWriter:
         self._key = key
         self._handle = handle
         self._temp = temp
-        self._hashes = Segments()
+        self._digest = body_digest()
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
 
-        def write_and_hash() -> None:  # off the loop, both (hashlib releases the GIL)
-            self._hashes.update(chunk)
+        def write_and_hash() -> None:  # off the loop, both (blake3 releases the GIL)
+            self._digest.update(chunk)
             self._handle.write(chunk)
 
         await asyncio.to_thread(write_and_hash)
 
     async def commit(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
-        hashes = self._hashes
-        meta = EntryMeta(
-            status, headers, self.size, hashes.digest.hexdigest(), time.time(), hashes.segments()
-        )
+        meta = EntryMeta(status, headers, self.size, self._digest.hexdigest(), time.time())
         head = meta.to_json()
         final = _entry_path(self._store.root, self._key)
 

@@ -11,7 +11,6 @@ Bodies are read back in ranges (``GETRANGE``), never whole, and their hash check
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import SecretStr
 
-from proxy.cache.store import CHUNK, CorruptEntry, EntryMeta, Stats
+from proxy.cache.store import CHUNK, CorruptEntry, EntryMeta, Stats, body_digest
 
 PREFIX = "aspose-proxy:cache:"
 TIMEOUT = 5.0
@@ -43,7 +42,7 @@ class RedisHit:
 
     async def body(self) -> AsyncIterator[bytes]:
         client = self._store.client
-        digest = hashlib.sha256()
+        digest = body_digest()
         offset, size = 0, self.meta.size
         while offset < size:
             end = min(offset + CHUNK, size) - 1
@@ -54,10 +53,10 @@ class RedisHit:
                 break
             offset += len(chunk)
             digest.update(chunk)
-            if offset >= size and digest.hexdigest() != self.meta.sha256:
+            if offset >= size and digest.hexdigest() != self.meta.digest:
                 break
             yield chunk
-        if offset != size or digest.hexdigest() != self.meta.sha256:
+        if offset != size or digest.hexdigest() != self.meta.digest:
             await self._store.remove(self._key)
             raise CorruptEntry(f"cache entry {self._key[:12]} does not match its hash")
 
@@ -74,7 +73,7 @@ class RedisWriter:
         self._store = store
         self._key = key
         self._temp = f"{PREFIX}tmp:{key}:{secrets.token_hex(4)}"
-        self._digest = hashlib.sha256()
+        self._digest = body_digest()
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:

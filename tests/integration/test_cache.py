@@ -396,7 +396,7 @@ async def test_a_big_hit_is_byte_for_byte_and_a_flipped_byte_aborts_it(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     proxy = await proxy_factory(**disk(tmp_path))
-    big = bytes(range(256)) * 36864  # 9 MiB: sent with sendfile, verified in segments
+    big = bytes(range(256)) * 36864  # 9 MiB: sent with sendfile while a thread hashes it
     _, _, first = await put(proxy, body=big)
     _, headers, hit = await put(proxy, body=big)
     assert (headers["X-Cache"], hit) == ("HIT", first)

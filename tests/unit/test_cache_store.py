@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -143,6 +145,30 @@ async def test_disk_a_truncated_entry_is_a_miss_and_removed(tmp_path: Path) -> N
     path.write_bytes(data[:1000] + data[2000:])  # the trailer survives, the length is wrong
     assert await store.get(KEY, time.time()) is None
     assert not path.exists()
+
+
+async def test_disk_an_entry_from_before_blake3_is_a_miss_and_replaced(tmp_path: Path) -> None:
+    """Entries written with SHA-256 digests (before the body hash became BLAKE3) carry no
+    ``blake3`` field: never served unchecked, and the next store replaces them."""
+    body = b"x" * 5000
+    meta = json.dumps(
+        {
+            "status": 200,
+            "headers": [],
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "stored_at": time.time(),
+            "segments": [hashlib.sha256(body).hexdigest()],
+        }
+    ).encode()
+    path = _entry_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body + meta + len(meta).to_bytes(8, "big"))
+    store = DiskStore(tmp_path, ttl=3600, max_size=1 << 30)
+    await store.open()
+    assert await store.get(KEY, time.time()) is None
+    await _put(store, KEY, b"y" * 5000)
+    assert await _read(store, KEY) == b"y" * 5000
 
 
 async def test_disk_a_corrupted_body_aborts_the_stream_and_is_removed(tmp_path: Path) -> None:
