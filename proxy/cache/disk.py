@@ -4,10 +4,8 @@ An entry file is the body as received, then the metadata as JSON, then the metad
 in 8 bytes (a trailer: the body is written as it streams, from offset 0). It is written to a
 temporary file, ``fsync``-ed, then renamed into place (POSIX rename is atomic): a
 crash leaves a stray temporary file (removed at the next start), never a visible entry with a
-short body. Entries survive restarts. The LRU order is the files' modification time (touched
-on every hit); ``cache_max_size`` counts whole files (metadata included). Eviction reads the
-directory's real total under an ``flock`` on ``lock``, so the bound holds for every process
-sharing the directory (``run --workers N``, or several ``run`` on one volume), not per process.
+short body. Entries survive restarts. The LRU order is the files' modification time (set on
+every hit); the size bound, shared by every process on the directory, is ``disk_space``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import fcntl
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +23,8 @@ from typing import BinaryIO
 import structlog
 from aiohttp import web
 
+from proxy.cache import disk_space
+from proxy.cache.disk_space import TEMP_DIR, entry_path
 from proxy.cache.store import CorruptEntry, EntryMeta, Stats, body_digest
 
 log = structlog.get_logger("proxy.cache")
@@ -35,12 +34,6 @@ READ_CHUNK = 1024 * 1024  # a hit's reads: fewer thread round trips than CHUNK
 SENDFILE_MIN = 256 * 1024  # smaller bodies are streamed (sendfile's set-up costs more)
 TAIL = 64 * 1024  # the bytes held back until the hash matched
 MAX_META = 64 * 1024
-TEMP_DIR = "tmp"
-LOCK_FILE = "lock"
-
-
-def _entry_path(root: Path, key: str) -> Path:
-    return root / key[:2] / key
 
 
 def _touch(path: Path) -> None:
@@ -51,45 +44,15 @@ def _touch(path: Path) -> None:
 
 
 def _remove_strays(root: Path) -> None:
-    """Temporary files left by a crash mid-write."""
+    """Temporary files left by a crash mid-write: those nobody holds the ``flock`` of (a
+    writer holds its file's until it is renamed into place; a crash releases it), so a
+    process starting on a shared directory leaves another's write alone."""
     temp = root / TEMP_DIR
     if temp.is_dir():
         for stray in temp.iterdir():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), stray.open("rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: being written
                 stray.unlink()
-
-
-def _scan(root: Path) -> list[tuple[float, str, int]]:
-    """(mtime, key, size) of every entry, least recently used first."""
-    found = []
-    for shard in root.iterdir() if root.is_dir() else ():
-        if shard.name == TEMP_DIR or not shard.is_dir():
-            continue
-        for entry in os.scandir(shard):
-            with contextlib.suppress(OSError):
-                info = entry.stat()
-                found.append((info.st_mtime, entry.name, info.st_size))
-    found.sort()
-    return found
-
-
-def _evict_shared(root: Path, max_size: int) -> tuple[list[tuple[float, str, int]], int]:
-    """Remove the least recently used entries until the directory's real total is within
-    ``max_size``; under an exclusive ``flock``, so processes sharing the directory evict one at
-    a time from one view of it (each with its own index, two workers held twice the bound).
-    Returns the entries left and how many were removed."""
-    with (root / LOCK_FILE).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        entries = _scan(root)
-        total = sum(size for _, _, size in entries)
-        removed = 0
-        while total > max_size and entries:
-            _, key, size = entries.pop(0)
-            with contextlib.suppress(FileNotFoundError):  # another process's remove
-                _entry_path(root, key).unlink()
-            total -= size
-            removed += 1
-        return entries, removed
 
 
 def _read_meta(path: Path) -> tuple[BinaryIO, EntryMeta, int] | None:
@@ -243,25 +206,25 @@ class DiskWriter:
     async def commit(self, status: int, headers: tuple[tuple[str, str], ...]) -> None:
         meta = EntryMeta(status, headers, self.size, self._digest.hexdigest(), time.time())
         head = meta.to_json()
-        final = _entry_path(self._store.root, self._key)
+        store = self._store
 
-        def finish() -> int:
+        def finish() -> disk_space.Usage:
             handle = self._handle
-            handle.write(head + len(head).to_bytes(PREFIX_BYTES, "big"))
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            _touch(self._temp)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(self._temp, final)
-            return final.stat().st_size
+            try:
+                handle.write(head + len(head).to_bytes(PREFIX_BYTES, "big"))
+                handle.flush()
+                os.fsync(handle.fileno())
+                _touch(self._temp)
+                return disk_space.install(store.root, self._temp, self._key, store.max_size)
+            finally:
+                handle.close()  # its flock held until renamed: never taken for a stray
 
         try:
-            size = await asyncio.to_thread(finish)
+            usage = await asyncio.to_thread(finish)
         except OSError:
             await self.abort()
             raise
-        await self._store.added(self._key, size)
+        store.counted_as(usage)
 
     async def abort(self) -> None:
         def drop() -> None:
@@ -273,7 +236,7 @@ class DiskWriter:
 
 
 class DiskStore:
-    """Entries under ``root``; ``ttl`` seconds, ``max_size`` bytes in all."""
+    """Entries under ``root``; ``ttl`` seconds, ``max_size`` bytes in all (every process)."""
 
     def __init__(self, root: Path, *, ttl: float, max_size: int) -> None:
         self.root = root
@@ -281,22 +244,20 @@ class DiskStore:
         self.ttl = ttl
         self.max_size = max_size
         self.evictions = 0
-        self._index: OrderedDict[str, int] = OrderedDict()  # key -> file size, oldest first
-        self._bytes = 0
+        self._usage = disk_space.Usage(0, 0)  # as of this process's last change or look
 
     async def open(self) -> None:
         await asyncio.to_thread((self.root / TEMP_DIR).mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(_remove_strays, self.root)
-        await self._evict()
+        self.counted_as(await asyncio.to_thread(disk_space.rescan, self.root, self.max_size))
 
     async def close(self) -> None:
         return None
 
     async def get(self, key: str, now: float) -> DiskHit | None:
-        path = _entry_path(self.root, key)
+        path = entry_path(self.root, key)
         found = await asyncio.to_thread(_read_meta, path)
         if found is None:
-            self._forget(key)
             return None
         handle, meta, body_size = found
         if body_size != meta.size or now - meta.stored_at > self.ttl or meta.stored_at > now + 60:
@@ -305,8 +266,6 @@ class DiskStore:
                 log.warning("cache entry has the wrong length; removed", key=key[:12])
             await self.remove(key)
             return None
-        if key in self._index:
-            self._index.move_to_end(key)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(_touch, path)  # the LRU order survives a restart
         return DiskHit(self, key, handle, meta)
@@ -316,46 +275,30 @@ class DiskStore:
 
         def create() -> BinaryIO:
             temp.parent.mkdir(parents=True, exist_ok=True)
-            return temp.open("wb")
+            handle = temp.open("wb")
+            fcntl.flock(handle, fcntl.LOCK_EX)  # "being written" to _remove_strays
+            return handle
 
         handle = await asyncio.to_thread(create)
         return DiskWriter(self, key, handle, temp)
 
-    async def added(self, key: str, size: int) -> None:
-        await self._evict()
-
-    async def _evict(self) -> None:
-        """Evict from the directory's real content (every process's entries) and take it as
-        the index: a scan per stored entry, cheap next to the conversion that made it."""
-        entries, removed = await asyncio.to_thread(_evict_shared, self.root, self.max_size)
-        self.evictions += removed
-        self._index = OrderedDict((key, size) for _, key, size in entries)
-        self._bytes = sum(self._index.values())
-
-    def _forget(self, key: str) -> None:
-        self._bytes -= self._index.pop(key, 0)
+    def counted_as(self, usage: disk_space.Usage) -> None:
+        self._usage = usage
+        self.evictions += usage.evicted
 
     async def remove(self, key: str) -> None:
-        self._forget(key)
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(_entry_path(self.root, key).unlink)
+            usage = await asyncio.to_thread(disk_space.remove, self.root, key, self.max_size)
+            self.counted_as(usage)
 
     async def stats(self) -> Stats:
-        return Stats(len(self._index), self._bytes)
+        self.counted_as(await asyncio.to_thread(disk_space.current, self.root, self.max_size))
+        return self.counted()
 
     def counted(self) -> Stats:
-        return Stats(len(self._index), self._bytes)
+        return Stats(self._usage.entries, self._usage.bytes)
 
     async def clear(self) -> int:
-        def wipe() -> int:
-            removed = 0
-            for _, key, _ in _scan(self.root):
-                with contextlib.suppress(OSError):
-                    _entry_path(self.root, key).unlink()
-                    removed += 1
-            return removed
-
-        removed = await asyncio.to_thread(wipe)
-        self._index.clear()
-        self._bytes = 0
+        removed = await asyncio.to_thread(disk_space.clear, self.root, self.max_size)
+        self._usage = disk_space.Usage(0, 0)
         return removed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -184,15 +186,49 @@ async def test_disk_a_corrupted_body_aborts_the_stream_and_is_removed(tmp_path: 
     assert not path.exists()
 
 
-async def test_disk_a_crash_mid_write_leaves_no_entry(tmp_path: Path) -> None:
-    store = DiskStore(tmp_path, ttl=3600, max_size=1 << 30)
+CRASH_MID_WRITE = """
+import asyncio, os, sys
+from pathlib import Path
+from proxy.cache.disk import DiskStore
+
+async def main():
+    store = DiskStore(Path(sys.argv[1]), ttl=3600, max_size=1 << 30)
     await store.open()
-    writer = await store.writer(KEY)
-    await writer.write(b"partial")  # no commit: the process "dies" here
+    writer = await store.writer(sys.argv[2])
+    await writer.write(b"partial")
+    os._exit(1)  # the process dies mid-write: no commit, no abort
+
+asyncio.run(main())
+"""
+
+
+async def test_disk_a_crash_mid_write_leaves_no_entry(tmp_path: Path) -> None:
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_MID_WRITE, str(tmp_path), KEY], check=False, timeout=60
+    )
+    assert crashed.returncode == 1
+    assert len(list((tmp_path / "tmp").iterdir())) == 1
     restarted = DiskStore(tmp_path, ttl=3600, max_size=1 << 30)
     await restarted.open()
     assert await restarted.get(KEY, time.time()) is None
     assert list((tmp_path / "tmp").iterdir()) == []  # the stray temporary file is gone
+
+
+async def test_disk_a_process_starting_on_a_shared_directory_keeps_anothers_write(
+    tmp_path: Path,
+) -> None:
+    """A worker (re)starting removes the temporary files a crash left, not the one another
+    process is writing at that moment (its commit would fail and the entry be lost)."""
+    writing = DiskStore(tmp_path, ttl=3600, max_size=1 << 30)
+    await writing.open()
+    writer = await writing.writer(KEY)
+    await writer.write(b"x" * 5000)
+    stray = tmp_path / "tmp" / ("cd" + "0" * 62 + ".dead")
+    stray.write_bytes(b"left by a crash")
+    await DiskStore(tmp_path, ttl=3600, max_size=1 << 30).open()  # another worker starts
+    assert not stray.exists()
+    await writer.commit(200, ())
+    assert await _read(writing, KEY) == b"x" * 5000
 
 
 async def test_redis_a_body_evicted_apart_from_its_metadata_is_a_miss(redis_url: str) -> None:
