@@ -1,6 +1,7 @@
 """No reference cycles on the request path (issue 15, item 6).
 
-A request that ends in an exception (a client that aborts, an upstream that resets, a refusal)
+A request that ends in an exception (a client that aborts an upload or drops a download, an
+upstream that resets or times out, a refusal)
 once left cycles (exception -> traceback -> frame -> the exception, or the request's buffers)
 that only a full collection freed: with a young-generation threshold of 10,000 the soak grew
 by 30 MiB. With the collector off and ``gc.DEBUG_SAVEALL`` on, whatever a collection would
@@ -51,6 +52,14 @@ async def _aborted_upload(proxy: RunningProxy) -> None:
     writer.transport.abort()
 
 
+async def _dropped_download(proxy: RunningProxy) -> None:
+    reader, writer = await open_to(proxy.url)
+    writer.write(b"GET /v4.0/sandbox/bytes?size=20000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    await reader.readexactly(200_000)
+    writer.transport.abort()
+
+
 async def _requests_that_end_in_exceptions(proxy: RunningProxy, sandbox: RunningSandbox) -> None:
     client = proxy.client
     async with client.get(proxy.url + ECHO) as response:
@@ -64,6 +73,7 @@ async def _requests_that_end_in_exceptions(proxy: RunningProxy, sandbox: Running
         async with client.get(proxy.url + ECHO) as response:
             await response.read()
     await _aborted_upload(proxy)
+    await _dropped_download(proxy)
     await asyncio.sleep(0.3)  # the proxy notices the aborts
 
 
