@@ -3,15 +3,17 @@ same entry, so what is done where responses leave applies to all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.server import start_server
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import LogCapture, RunningProxy, proxy_settings
-from tests.integration.rawhttp import exchange
+from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy, proxy_settings
+from tests.integration.rawhttp import exchange, open_to, read_head
 
 ECHO = "/v4.0/sandbox/echo/x"
 
@@ -78,3 +80,28 @@ async def test_the_access_line_names_the_client_address_and_the_body_bytes_each_
     assert list(forwarded)[:3] == ["timestamp", "level", "event"]
     assert lines["own-1"]["bytes_received"] == 0
     assert lines["own-1"]["bytes_sent"] == len(own_body) > 0
+
+
+async def test_an_expect_continue_request_passes_the_guards_once(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """``Expect: 100-continue`` once took aiohttp's routed way: its expect handler ran the
+    guards, then the middleware ran them again, and a wrong key counted as two failures."""
+    proxy = await proxy_factory(
+        access_keys={"ci-job": SecretStr("a-key-of-16-characters-or-more")},
+        require_client_auth=True,
+    )
+    reader, writer = await open_to(proxy.url)
+    try:
+        writer.write(
+            f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nX-Proxy-Key: wrong-key-of-16-chars\r\n"
+            "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status, _ = await asyncio.wait_for(read_head(reader), 5)  # no 100 Continue first
+    finally:
+        writer.close()
+    assert status == 401
+    async with proxy.client.get(proxy.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'aspose_proxy_client_auth_failures_total{credential="access_key"} 1.0' in metrics
