@@ -81,7 +81,11 @@ def access_guard(access: AccessControl) -> Guard:
 
 class OwnRoutes:
     """The proxy's own paths, a small table matched on the decoded path: exact paths and the
-    prefixes of templated ones (everything but the catch-all route in ``router``)."""
+    prefixes of templated ones (everything but the catch-all route in ``router``).
+
+    Only requests that match go through aiohttp's router: skipping the router and the
+    middleware chain for forwarded requests saved ~36k instructions of a small request
+    (issue 11, docs/benchmarks.md); the table keeps that without a second entry path."""
 
     def __init__(self, router: web.UrlDispatcher, catch_all: web.AbstractResource) -> None:
         exact: set[str] = set()
@@ -112,9 +116,11 @@ def origin_form(target: str) -> bool:
     return target[:1] == "/" and target[:2] != "//"
 
 
-def body_size(response: web.StreamResponse) -> int:
-    """The body bytes of one of the proxy's own answers."""
-    return (response.content_length or 0) if isinstance(response, web.Response) else 0
+def body_size(response: web.StreamResponse, method: str) -> int:
+    """The body bytes of one of the proxy's own answers (none to a HEAD request)."""
+    if method == "HEAD" or not isinstance(response, web.Response):
+        return 0
+    return response.content_length or 0
 
 
 async def _forwarded(request: web.Request) -> web.StreamResponse:
@@ -129,8 +135,9 @@ class Pipeline:
     -> errors as the proxy's JSON -> metrics and one access line.
 
     ``forward`` is the forwarding step inside the usage gate (budget before, count after);
-    ``create_app`` sets it once the upstream session exists. A cache lookup goes there too,
-    inside the gate and before the forwarder. ``X-Request-Id`` and ``Server`` are set where
+    ``create_app`` sets it once the upstream session exists. The conversion cache's lookup
+    is the forwarder's, once the body is read (the key needs it); the body reader takes the
+    body timeout and the spool budget. ``X-Request-Id`` and ``Server`` are set where
     responses leave (``aiohttp_internals.LeavingRequest``).
     """
 
@@ -192,7 +199,7 @@ class Pipeline:
                 if EXPECT in request.headers:
                     await match_info.expect_handler(request)  # 100 Continue (or 417)
                 response = await route.handler(request)
-                exchange.bytes_sent = body_size(response)
+                exchange.bytes_sent = body_size(response, request.method)
             status = response.status
             return response
         except ProxyError as error:
@@ -200,7 +207,7 @@ class Pipeline:
             self._count_error(status, error.code)
             log.debug("proxy error", error=error.code, message=error.message)
             refusal = error_response(error, request_id)
-            exchange.bytes_sent = body_size(refusal)
+            exchange.bytes_sent = body_size(refusal, request.method)
             return refusal
         except web.HTTPException as exc:
             status = exc.status
@@ -211,7 +218,7 @@ class Pipeline:
         except Exception:
             log.exception("unhandled error")
             failure = error_response(InternalError("The proxy failed unexpectedly."), request_id)
-            exchange.bytes_sent = body_size(failure)
+            exchange.bytes_sent = body_size(failure, request.method)
             return failure
         finally:
             self._count_request(status)
