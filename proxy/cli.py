@@ -456,12 +456,10 @@ async def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str]
     )
     stopped = await stop_signal_task()
     announce(f"aspose-proxy listening on {server.url} -> {settings.upstream_url}")
+    # A worker says which it is; a single process names none (issue 18: no worker=None).
+    named = {} if worker is None else {"worker": worker}
     log.info(
-        "proxy started",
-        url=server.url,
-        upstream=settings.upstream_url,
-        worker=worker,
-        pid=os.getpid(),
+        "proxy started", url=server.url, upstream=settings.upstream_url, **named, pid=os.getpid()
     )
     await stopped
     log.info("stopping: finishing in-flight requests", grace_seconds=settings.shutdown_grace)

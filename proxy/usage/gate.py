@@ -93,6 +93,11 @@ class Usage:
             try:
                 response = await forward(request)
             except BaseException as exc:
+                if exchange.cached:  # a hit whose client left: still no call, still counted
+                    if reserved:
+                        budgets.release(reserved)
+                    usage.counter.count_cached(client, product, kind)
+                    raise
                 status = charged_status(exchange, exc)
                 if status is not None:  # it left the proxy: a call, answered or not
                     key = (client, product, kind, classes[status // 100 % 10])

@@ -460,3 +460,61 @@ async def test_a_client_that_accepts_gzip_never_shares_an_entry_with_one_that_do
     assert headers["X-Cache"] == "MISS"  # upstream may have compressed the first answer
     _, headers, _ = await put(proxy, **{"Accept-Encoding": "gzip"})
     assert headers["X-Cache"] == "HIT"
+
+
+async def curl_put(url: str, document: Path) -> tuple[str, str]:
+    """``curl -T`` as a user runs it: it closes the connection as soon as it has the body."""
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}", "-T", str(document), url,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    head = out.decode()
+    cache = next(line.split(":", 1)[1].strip() for line in head.splitlines() if "X-Cache" in line)
+    return head[-3:], cache
+
+
+async def test_every_hit_is_counted_as_cached_when_its_client_closes_at_once(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    """curl closes its connection the moment the body is in: the hit's handler (``run``, on
+    uvloop) was cancelled in its last await, closing the entry's file, and the hit escaped
+    the usage count (``cached`` 0 to 4 of 5) with a 499 access line for a complete answer."""
+    env = proxy_env(sandbox, ASPOSE_PROXY_CACHE_STORE=f"file://{tmp_path / 'cache'}")
+    env["ASPOSE_PROXY_USAGE_STORE"] = "off"
+    proxy = await start_workers(env=env)
+    document = tmp_path / "report.docx"
+    document.write_bytes(DOC)
+    assert await curl_put(proxy.url + CONVERT, document) == ("200", "MISS")
+    for _ in range(10):
+        assert await curl_put(proxy.url + CONVERT, document) == ("200", "HIT")
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.url + "/_proxy/usage") as response,
+    ):
+        (row,) = (await response.json())["rows"]
+    assert (row["calls"], row["cached"]) == (1, 10)
+    lines = [json.loads(line) for line in proxy.log.splitlines() if line.startswith("{")]
+    statuses = [line["status"] for line in lines if line.get("logger") == "proxy.access_log"]
+    assert statuses[:11] == [200] * 11, statuses
+
+
+async def test_a_hit_whose_client_leaves_mid_body_is_still_counted_as_cached(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A request answered from the cache is never a call, and never escapes the count, even
+    when its client hangs up before the end (as a call is counted once sent upstream)."""
+    proxy = await proxy_factory(**disk(tmp_path))
+    big = bytes(range(256)) * 32768  # 8 MiB: the client leaves long before its end
+    assert (await put(proxy, body=big))[1]["X-Cache"] == "MISS"
+    async with proxy.client.put(proxy.url + CONVERT, data=big) as response:
+        assert response.headers["X-Cache"] == "HIT"
+        await response.content.readany()
+        response.close()
+    for _ in range(50):  # the proxy sees the hang-up a moment later
+        async with proxy.client.get(proxy.url + "/_proxy/usage") as response:
+            (row,) = (await response.json())["rows"]
+        if row["cached"]:
+            break
+        await asyncio.sleep(0.1)
+    assert (row["calls"], row["cached"]) == (1, 1)

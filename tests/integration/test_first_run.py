@@ -164,3 +164,27 @@ async def test_a_stop_signal_right_after_the_address_is_printed_drains_not_kills
         assert b"listening on" in await asyncio.wait_for(process.stdout.readline(), 30)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_single_process_log_lines_carry_no_empty_worker_field(tmp_path: Path) -> None:
+    """The "proxy started" line said ``"worker": null`` (``worker=None`` on the console) when no
+    worker was running; a single process's lines name no worker at all."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ASPOSE_PROXY_")},
+        **CREDENTIALS,
+        "ASPOSE_PROXY_UPSTREAM_URL": "http://127.0.0.1:9",
+        "ASPOSE_PROXY_LOG_FORMAT": "json",
+    }
+    stderr = tmp_path / "run.err"
+    with stderr.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "run", "--port", "0",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    assert process.stdout is not None
+    assert b"listening on" in await asyncio.wait_for(process.stdout.readline(), 30)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    lines = [json.loads(line) for line in stderr.read_text().splitlines() if line.startswith("{")]
+    assert "proxy started" in [line["event"] for line in lines]
+    assert [line for line in lines if "worker" in line] == []
