@@ -71,6 +71,37 @@ def test_the_link_checker_sees_a_broken_link(tmp_path: Path) -> None:
     assert "title" in anchors(page) and "nowhere" not in anchors(page)
 
 
+TEST_NAME = re.compile(r"`(?:tests/[\w/]*?(test_\w+)\.py(?:::(test_\w+))?|(test_\w+))")
+
+
+def named_tests(path: Path) -> list[str]:
+    """The tests a page cites in code spans (`test_x`, `tests/a/test_b.py::test_x`, a module)."""
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    return [name for groups in TEST_NAME.findall(text) for name in groups if name]
+
+
+def existing_tests() -> set[str]:
+    names = set()
+    for module in (ROOT / "tests").rglob("test_*.py"):
+        names.add(module.stem)
+        names.update(re.findall(r"^(?:async )?def (test_\w+)", module.read_text(), re.M))
+    return names
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_the_docs_cite_exists(path: Path) -> None:
+    """docs/security.md and reliability.md name each guarantee's test: a renamed or removed
+    test must not leave a guarantee pointing at nothing."""
+    missing = sorted(set(named_tests(path)) - existing_tests())
+    assert not missing, f"{path.relative_to(ROOT)} cites tests that do not exist: {missing}"
+
+
+def test_the_cited_test_checker_reads_names_and_paths(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("`test_a`, `tests/unit/test_b.py::test_c`, `x`\n```\ndef test_d\n```\n")
+    assert named_tests(page) == ["test_a", "test_b", "test_c"]
+
+
 def test_the_readme_fits_on_a_few_screens() -> None:
     assert len((ROOT / "README.md").read_bytes()) <= README_LIMIT
 
