@@ -10,8 +10,9 @@
      │                              from an origin not in allow_origins
      ├── OperationNotAllowed  403   operation_not_allowed: method or path outside allow_methods /
      │                              allow_paths, or a path that could mean another one
-     ├── HostNotAllowed       421   host_not_allowed: on a loopback listener, a Host that is
-     │                              not a loopback name nor in allow_hosts (DNS rebinding)
+     ├── HostNotAllowed       421   host_not_allowed: a Host that is not localhost, an IP
+     │                              literal, this machine's name nor in allow_hosts (DNS
+     │                              rebinding; on every listener)
      ├── RequestTimeout       408   request_timeout: no body byte for request_body_timeout;
      │                              the connection is closed
      ├── BodyTooLarge         413   body_too_large: the body exceeds max_body_size

@@ -208,7 +208,7 @@ class Settings(BaseSettings):
     allow_hosts: list[str] = Field(
         default_factory=list,
         examples=["aspose-proxy.internal"],
-        description="Host names answered besides the loopback names",
+        description="Host names answered besides localhost, IP literals and this machine's name",
     )
     log_format: AtStart[Literal["json", "console"] | None] = Field(
         None, examples=["json"], description="json (default off a terminal) or console"

@@ -217,8 +217,8 @@ NOTES = {
     ),
     "allow_origins": (
         "Web page origins allowed to call the proxy; a request with any other `Origin` "
-        "header gets 403 `origin_not_allowed`. Requests without `Origin` (curl, SDKs) are"
-        " unaffected."
+        "header, or without `Origin` but marked `Sec-Fetch-Site: cross-site` or `same-site`,"
+        " gets 403 `origin_not_allowed`. Requests with neither (curl, SDKs) are unaffected."
     ),
     "allow_hosts": (
         "Host names answered besides `localhost`, IP literals (`127.0.0.1`, `10.1.2.3`, "
@@ -257,7 +257,8 @@ NOTES = {
     ),
     "rate_limits": (
         'Token buckets: a list of `{client, per_second, burst}` (`"*"`: one bucket shared'
-        " by all clients); per process. Over it: 429 `rate_limited`."
+        " by all clients), shared by every process using the same `usage_store` (SQLite:"
+        " this host; Redis: every replica; `off`: per process). Over it: 429 `rate_limited`."
     ),
     "cache_store": (
         "The conversion cache: `off`, `disk` (`$XDG_CACHE_HOME/aspose-proxy/cache`, else "
