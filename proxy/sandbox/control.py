@@ -112,6 +112,11 @@ async def reset_stats(request: web.Request) -> web.Response:
 # The proxy's browser rules with nothing configured: localhost, IP literals and this machine's
 # name as Host; no web page origin.
 CONTROL_RULES = web.AppKey("control_rules", AccessRules)
+# The proxy's advice names its allow_hosts setting, which the sandbox does not have.
+SANDBOX_MESSAGES = {
+    "host_not_allowed": "The sandbox's switches answer only the Host names localhost, an IP "
+    "address or this machine's name (DNS rebinding): call them by one of those.",
+}
 
 
 def control_rules() -> AccessRules:
@@ -129,7 +134,8 @@ async def browser_guard(request: web.Request, handler: Handler) -> web.StreamRes
             rules.check_host_header(headers.get("Host"))
             rules.check_browser(headers.get("Origin"), headers.get("Sec-Fetch-Site"))
         except ProxyError as refusal:
-            body = {"error": refusal.code, "message": refusal.message}
+            message = SANDBOX_MESSAGES.get(refusal.code, refusal.message)
+            body = {"error": refusal.code, "message": message}
             return web.json_response(body, status=refusal.status)
     return await handler(request)
 

@@ -541,6 +541,20 @@ async def test_control_switches_get_the_proxys_host_and_origin_rules(
     assert (await sandbox.stats())["token_requests"] == before + 1
 
 
+async def test_a_refused_host_is_not_told_to_set_the_proxys_allow_hosts(
+    sandbox: RunningSandbox,
+) -> None:
+    """The sandbox has no allow_hosts and reads no ASPOSE_PROXY_* variable: its 421 must not
+    send the user to them."""
+    url = f"{sandbox.url}/_sandbox/stats"
+    async with sandbox.session.get(url, headers={"Host": "evil.example"}) as response:
+        assert response.status == 421
+        refusal = await response.json()
+    assert refusal["error"] == "host_not_allowed"
+    assert "allow_hosts" not in refusal["message"]
+    assert "ASPOSE_PROXY" not in refusal["message"]
+
+
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 70000])
 async def test_bytes_sends_n_deterministic_bytes(sandbox: RunningSandbox, size: int) -> None:
     status, body, resp = await api(sandbox, "GET", f"/v4.0/sandbox/bytes?size={size}")
