@@ -27,7 +27,8 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="aspose-cloud-proxy" \
       org.opencontainers.image.description="A local reverse proxy that authenticates every call to the Aspose Cloud REST API" \
       org.opencontainers.image.licenses="MIT"
-# /var/lib/aspose-proxy: the proxy's state (the usage store's SQLite file, see usage_store);
+# /var/lib/aspose-proxy: the proxy's state (the usage store's SQLite file, see usage_store, and
+# the token request schedule next to it, token-schedule.json);
 # /var/cache/aspose-proxy: the conversion cache with cache_store = "disk" (XDG_CACHE_HOME below,
 # docs/cache.md). Mount a volume on each to keep it across containers.
 RUN groupadd --system --gid 10001 aspose \
