@@ -115,6 +115,8 @@ def plain_message(pydantic_message: str) -> str:
     """pydantic's words made short: "Input should be a valid integer, unable to parse string
     as an integer" -> "must be a valid integer"."""
     message = pydantic_message.removeprefix("Value error, ")
+    if message == "Field required":  # a table's field left out
+        return "required"
     if message.startswith("Input should"):
         message = message.split(", unable to")[0].replace("Input should", "must", 1)
     return message

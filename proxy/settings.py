@@ -611,5 +611,7 @@ def _describe(exc: ValidationError, origins: Mapping[str, str]) -> list[str]:
         listed = "one of" in message or error["type"] == "literal_error"  # choices named
         valid = error_example(field) if field is not None and error["loc"] and not listed else ""
         hint = f"; a valid value: {valid}" if valid else ""
-        lines.append(f"{key or 'settings'}: {message} (from {where}){hint}")
+        # Inside a list or table, the entry and field at fault: budgets[0].calls.
+        inner = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"][1:])
+        lines.append(f"{key or 'settings'}{inner}: {message} (from {where}){hint}")
     return lines

@@ -78,6 +78,9 @@ def test_a_list_in_an_env_var_may_still_be_json(monkeypatch: pytest.MonkeyPatch)
          "ASPOSE_PROXY_REQUIRE_CLIENT_AUTH); a valid value: true"),
         ("budgets", "x", "budgets: not valid JSON (from ASPOSE_PROXY_BUDGETS); a valid value: "
          '[{"client": "*"'),
+        ("budgets", '[{"client": "*", "product": "words", "period": "day"}]',
+         "budgets[0].calls: required (from ASPOSE_PROXY_BUDGETS); a valid value: "
+         '[{"client": "*"'),
     ],
 )  # fmt: skip
 def test_a_rejected_value_is_one_line_with_source_and_example(
