@@ -107,6 +107,9 @@ async def request_token(
 
 def _connection_failure(exc: aiohttp.ClientError) -> str:
     """In words, not an exception class name: "connection refused", "server disconnected"."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):  # a resolver code is no errno
+        reason = (exc.os_error.strerror or "no such host").lower()
+        return f"cannot resolve {exc.host}: {reason}"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return os.strerror(exc.os_error.errno).lower()
     if isinstance(exc, aiohttp.ServerDisconnectedError):

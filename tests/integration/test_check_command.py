@@ -94,6 +94,16 @@ async def test_an_unreachable_token_endpoint_is_said_in_words(sandbox: RunningSa
     assert not CLASS_NAME.search(err), err
 
 
+async def test_a_token_host_that_does_not_resolve_is_said_in_words(sandbox: RunningSandbox) -> None:
+    """A misspelt host said "unreachable (unknown error -2)": the resolver's code read as
+    an errno."""
+    env = {**credentials(sandbox), "ASPOSE_PROXY_TOKEN_URL": "http://no-such-host.invalid/t"}
+    code, _, err = await run_cli("check", env=env)
+    assert code == 1
+    assert "cannot resolve no-such-host.invalid" in err, err
+    assert "unknown error" not in err and not CLASS_NAME.search(err), err
+
+
 async def test_check_keeps_the_schedule_in_redis_when_the_usage_store_is_redis(
     sandbox: RunningSandbox, redis_url: str, tmp_path: Path
 ) -> None:
