@@ -7,7 +7,8 @@
      │                              request has no valid X-Proxy-Key or local bearer token
      ├── AddressNotAllowed    403   address_not_allowed: the client address is not in allow_from
      ├── OriginNotAllowed     403   origin_not_allowed: a web page's request (Origin header)
-     │                              from an origin not in allow_origins
+     │                              from an origin not in allow_origins, or one without Origin
+     │                              marked Sec-Fetch-Site: cross-site or same-site
      ├── OperationNotAllowed  403   operation_not_allowed: method or path outside allow_methods /
      │                              allow_paths, or a path that could mean another one
      ├── HostNotAllowed       421   host_not_allowed: a Host that is not localhost, an IP
