@@ -14,34 +14,30 @@ from proxy import health, local_tokens, reload, status_page
 from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
 from proxy.auth_failures import AuthFailures
 from proxy.cache.engines import open_cache_store
-from proxy.cache.step import CACHE, ConversionCache
+from proxy.cache.step import ConversionCache
 from proxy.connections import CONNECTION_LIMITS, ENTRY, ConnectionLimits
 from proxy.credentials import Credentials, CredentialsSource
 from proxy.forward import Forwarder
-from proxy.health import ADMITS, METRICS, TOKENS
 from proxy.local_tokens import LocalTokens
 from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline, access_guard
 from proxy.reload import RELOAD_HOOKS
 from proxy.settings import Settings
+from proxy.state import STATE, ProxyState
 from proxy.token_client import request_token
 from proxy.token_form import TOKEN_PATHS
-from proxy.token_schedule import Schedule, open_schedule
-from proxy.tokens import SCHEDULE_POLICY, TokenCache
+from proxy.token_schedule import open_schedule
+from proxy.tokens import TokenCache
 from proxy.upstream import Egress, create_session, create_token_session
-from proxy.usage.gate import USAGE, Usage
-
-SETTINGS = web.AppKey("settings", Settings)
-PIPELINE = web.AppKey("pipeline", Pipeline)
-# A schedule of this process alone, instead of the persistent one (the demo's isolation).
-TOKEN_SCHEDULE: web.AppKey[Schedule] = web.AppKey("token_schedule")
+from proxy.usage.gate import Usage
 
 log = structlog.get_logger("proxy.app")
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The shared sessions, the token cache and its refresher live as long as the app."""
-    settings = app[SETTINGS]
+    state = app[STATE]
+    settings = state.settings
     egress = Egress.from_settings(settings)  # TLS trust and egress proxies, resolved once
     session = create_session(settings, egress)
     token_session = create_token_session(egress)
@@ -49,16 +45,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda credentials: request_token(token_session, settings, credentials),
         wait_timeout=settings.token_wait_timeout,
         credentials=Credentials.from_settings(settings),
-        schedule=app.get(TOKEN_SCHEDULE) or open_schedule(settings, app.get(SCHEDULE_POLICY)),
-        metrics=app[METRICS],
+        schedule=state.token_schedule or open_schedule(settings, state.schedule_policy),
+        metrics=state.metrics,
     )
-    app[TOKENS] = tokens
+    state.tokens = tokens
     credentials = CredentialsSource(settings, tokens.set_credentials)
     app[RELOAD_HOOKS].append(credentials.reload)
     secret_watch = asyncio.create_task(credentials.watch(), name="secret-file-watch")
-    forwarder = Forwarder(settings, session, tokens, app[METRICS], app.get(CACHE))
+    forwarder = Forwarder(settings, session, tokens, state.metrics, state.cache)
     # The forwarded request's steps after the guards: budget, (cache,) forward, count.
-    app[PIPELINE].forward = app[USAGE].wrap(forwarder.handle)
+    state.pipeline.forward = state.usage.wrap(forwarder.handle)
     refresher = asyncio.create_task(tokens.run_refresher(), name="token-refresher")
     try:
         yield
@@ -106,24 +102,20 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         failed=failures.record,
     )
     app = web.Application()
-    app[SETTINGS] = settings
-    app[METRICS] = metrics
-    app[ADMITS] = lambda remote: access.rules.admits(remote)  # the rules in force
     reload.setup(app, settings)  # the hook list (with the log level) and SIGHUP
     app[RELOAD_HOOKS].append(access.reload)
     for warning in startup_warnings(settings):
         log.warning(warning)
     usage = Usage(settings)
-    app[USAGE] = usage
     metrics.watch_calls(lambda: usage.counter.totals)
     app[RELOAD_HOOKS].append(usage.reload)
     app.cleanup_ctx.append(usage.run)  # first in, last out: the final flush after the rest
     store = open_cache_store(settings)
-    if store is not None:  # cache_store = "off" (the default): no cache step at all
-        app[CACHE] = ConversionCache(settings, store, metrics)
+    # cache_store = "off" (the default): no cache step at all
+    cache = ConversionCache(settings, store, metrics) if store is not None else None
     app.cleanup_ctx.append(_upstream_ctx)
-    if store is not None:  # after the session: at exit, fills finish before it closes
-        app.cleanup_ctx.append(app[CACHE].run)
+    if cache is not None:  # after the session: at exit, fills finish before it closes
+        app.cleanup_ctx.append(cache.run)
     # Applied by server.start_server to every connection (with the parser's bounds).
     app[CONNECTION_LIMITS] = ConnectionLimits(
         request_header_timeout=settings.request_header_timeout,
@@ -132,12 +124,19 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         on_refused=metrics.count_refused_connection,
     )
     health.add_routes(app)
-    status_page.add_routes(app, settings.upstream_url)
+    status_page.add_routes(app, settings.upstream_url, metrics)
     if issuer is not None:
         local_tokens.add_routes(app, issuer)
     access.route_kinds.update(_route_kinds(app.router))
     # After the proxy's own routes: the pipeline adds the catch-all and reads the table.
     pipeline = Pipeline(app, metrics, access_guard(access), access.route_kinds)
-    app[PIPELINE] = pipeline
     app[ENTRY] = pipeline.handle  # every request, without aiohttp's router and middleware
+    app[STATE] = ProxyState(
+        settings=settings,
+        metrics=metrics,
+        usage=usage,
+        pipeline=pipeline,
+        admits=lambda remote: access.rules.admits(remote),  # the rules in force
+        cache=cache,
+    )
     return app

@@ -16,11 +16,12 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from proxy.app import TOKEN_SCHEDULE, create_app
+from proxy.app import create_app
 from proxy.listening import listen, port_in_use
 from proxy.sandbox import SandboxConfig, create_sandbox_app
 from proxy.server import Server, announce, stop_signal_task
 from proxy.settings import Settings
+from proxy.state import STATE
 from proxy.token_schedule import MemoryStore, Schedule
 
 log = structlog.get_logger("proxy.demo")
@@ -102,7 +103,7 @@ async def run_demo(host: str, port: int, sandbox_port: int) -> int:
             host, free_port_if_taken(host, port, "proxy"), sandbox.url, Path(cache_dir.name)
         )
         app = create_app(settings)
-        app[TOKEN_SCHEDULE] = Schedule(MemoryStore())  # the user's schedule is not the demo's
+        app[STATE].token_schedule = Schedule(MemoryStore())  # the user's schedule is not the demo's
         proxy = await listen(app, settings.host, settings.port, shutdown_grace=5)
     except BaseException:
         await sandbox.stop()

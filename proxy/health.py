@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from proxy.metrics import CONTENT_TYPE_LATEST, Metrics
-from proxy.tokens import TokenCache
+from proxy.metrics import CONTENT_TYPE_LATEST
+from proxy.state import STATE
 
-TOKENS = web.AppKey("tokens", TokenCache)
-METRICS = web.AppKey("metrics", Metrics)
-# Whether a client address is admitted by allow_from (the access rules in force).
-ADMITS: web.AppKey[Callable[[str | None], bool]] = web.AppKey("admits")
 # What /readyz tells callers outside allow_from: the detail names the client_id and the token
 # endpoint (help for someone triggering the failed-login lockout, issue 16). The token cache
 # logs the detail on every failed fetch, and /_proxy/ (behind the guards) shows it.
@@ -27,10 +22,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Probes skip the access guards (kubelet calls from the node): only callers admitted by
     ``allow_from`` read why the proxy is not ready."""
-    tokens = request.app.get(TOKENS)
+    state = request.app[STATE]
+    tokens = state.tokens
     reason = tokens.not_ready_reason if tokens else "starting"
-    admits = request.app.get(ADMITS)
-    admitted = admits is not None and admits(request.remote)
+    admitted = state.admits(request.remote)
     answer: dict[str, Any] = {"status": "ready"}
     if reason is not None:
         answer = {"status": "not ready", "reason": reason}
@@ -45,7 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    instruments = request.app[METRICS]
+    instruments = request.app[STATE].metrics
     response = web.Response(
         body=instruments.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

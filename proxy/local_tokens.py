@@ -115,10 +115,6 @@ def _oauth_error(code: str) -> web.Response:
     return web.json_response({"error": code}, status=400, headers={"Cache-Control": "no-store"})
 
 
-LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokens)
-
-
 def add_routes(app: web.Application, local_tokens: LocalTokens) -> None:
-    app[LOCAL_TOKENS] = local_tokens
     for path in TOKEN_PATHS:
         app.router.add_post(path, local_tokens.handle)

@@ -22,12 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.cache.step import CACHE, ConversionCache
+from proxy.cache.step import ConversionCache
 from proxy.errors import BadRequest, NotFound, UsageStoreUnavailable
-from proxy.health import METRICS, TOKENS
 from proxy.metrics import Metrics
+from proxy.state import STATE
 from proxy.tokens import TokenCache
-from proxy.usage.gate import USAGE
 from proxy.usage.report import PERIODS, usage_report
 
 SAMPLE_EVERY = 5.0  # seconds between traffic samples
@@ -81,11 +80,8 @@ class Traffic:
                 await task
 
 
-TRAFFIC = web.AppKey("traffic", Traffic)
-
-
 async def _report(request: web.Request, period: str) -> dict[str, Any]:
-    usage = request.app[USAGE]
+    usage = request.app[STATE].usage
     try:
         return await usage_report(period, usage.counter.rows, usage.budgets.rules)
     except Exception as exc:
@@ -107,20 +103,20 @@ async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"No page at {request.path}; the status page is /_proxy/.")
 
 
-async def status_page(upstream: str, request: web.Request) -> web.Response:
+async def status_page(upstream: str, traffic: Traffic, request: web.Request) -> web.Response:
     """``GET /_proxy/``: token, traffic, budgets and calls on one page."""
-    app = request.app
+    state = request.app[STATE]
     day = await _report(request, "day")
     month = await _report(request, "month")
     html = TEMPLATE.substitute(
         refresh=REFRESH,
         upstream=escape(upstream),
-        store=escape(app[USAGE].store.description),
+        store=escape(state.usage.store.description),
         now=escape(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
-        token=_token_html(app.get(TOKENS)),
-        traffic=_traffic_html(app[TRAFFIC]),
+        token=_token_html(state.tokens),
+        traffic=_traffic_html(traffic),
         budgets=_budgets_html(day["budgets"]),
-        cache=_cache_html(app.get(CACHE), day["rows"]),
+        cache=_cache_html(state.cache, day["rows"]),
         today=_calls_html(day["rows"]),
         month=_calls_html(month["rows"]),
     )
@@ -259,12 +255,11 @@ def _table(
     return f"<table>{head}{body}</table>"
 
 
-def add_routes(app: web.Application, upstream: str) -> None:
+def add_routes(app: web.Application, upstream: str, metrics: Metrics) -> None:
     """The routes, and the traffic sampler that lives with the app."""
-    traffic = Traffic(app[METRICS])
-    app[TRAFFIC] = traffic
+    traffic = Traffic(metrics)
     app.cleanup_ctx.append(traffic.run)
-    page = functools.partial(status_page, upstream)
+    page = functools.partial(status_page, upstream, traffic)
     app.router.add_get("/_proxy/", page)
     app.router.add_get("/_proxy", page)
     app.router.add_get("/_proxy/usage", usage_json)

@@ -30,14 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.metrics import Metrics
 from proxy.token_client import TokenAnswer, TokenFetchError
-from proxy.token_schedule import Decision, MemoryStore, Outcome, Policy, Schedule
+from proxy.token_schedule import Decision, MemoryStore, Outcome, Schedule
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -47,8 +46,6 @@ BACKOFF_CAP = 60.0
 BUSY_POLL = 0.2
 Clock = Callable[[], float]
 Fetch = Callable[[Credentials], Awaitable[TokenAnswer]]
-# Internal knob for end-to-end tests: a scaled-down etiquette. Never set from settings.
-SCHEDULE_POLICY = web.AppKey("token_schedule_policy", Policy)
 
 
 class Token:

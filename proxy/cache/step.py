@@ -414,6 +414,3 @@ class Fill:
         self.gone = True
         while not self.queue.empty():
             self.queue.get_nowait()
-
-
-CACHE = web.AppKey("cache", ConversionCache)

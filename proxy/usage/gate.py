@@ -163,6 +163,3 @@ class Usage:
             await asyncio.sleep(self._sweep_every)
             with contextlib.suppress(Exception):  # the store is down: kept, tried again
                 await self.leases.give_back()
-
-
-USAGE = web.AppKey("usage", Usage)

@@ -16,12 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.log_setup import configure_logging
 from proxy.server import Server, start_server
 from proxy.settings import Settings
+from proxy.state import STATE
+from proxy.tokens import TokenCache
 from tests.conftest import RunningSandbox
 
 SANDBOX_SECRET = "demo-secret"
@@ -106,3 +109,10 @@ async def proxy_factory(sandbox: RunningSandbox) -> AsyncIterator[ProxyFactory]:
 async def proxy(proxy_factory: ProxyFactory) -> RunningProxy:
     """A proxy with default settings in front of the default sandbox."""
     return await proxy_factory()
+
+
+def held_tokens(app: web.Application) -> TokenCache:
+    """A started proxy's token cache (it exists once the upstream sessions do)."""
+    tokens = app[STATE].tokens
+    assert tokens is not None, "the proxy has not started"
+    return tokens

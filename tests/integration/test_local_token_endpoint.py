@@ -13,10 +13,9 @@ import json
 import pytest
 from pydantic import SecretStr
 
-from proxy.health import TOKENS
 from proxy.sandbox.diagnostics import credential_fingerprint
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy
+from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy, held_tokens
 
 TOKEN_PATHS = (
     "/connect/token",  # PDF
@@ -30,7 +29,7 @@ FORM = {"grant_type": "client_credentials", "client_id": "anyone", "client_secre
 
 async def real_token(proxy: RunningProxy) -> str:
     """The token the proxy holds for upstream (what must never reach a client)."""
-    token = await proxy.server.runner.app[TOKENS].get()
+    token = await held_tokens(proxy.server.runner.app).get()
     return token.value
 
 

@@ -15,10 +15,9 @@ import redis
 from pydantic import SecretStr
 
 from proxy.credentials import Credentials
-from proxy.health import TOKENS
 from proxy.sandbox import STATE
 from tests.conftest import RunningSandbox, SandboxFactory
-from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.conftest import ProxyFactory, RunningProxy, held_tokens
 from tests.integration.test_workers import Supervised, proxy_env, start_workers, wait_for
 from tests.redis_server import APPEND_ONLY, start_redis
 
@@ -188,7 +187,7 @@ async def test_readyz_and_the_status_page_show_a_failure_another_replica_met(
     for proxy in (rotating, other):
         assert (await get_json(proxy, "/readyz")) == (200, {"status": "ready"})
     # A mistyped rotation on one replica: one failed token request, in the shared schedule.
-    tokens = rotating.server.runner.app[TOKENS]
+    tokens = held_tokens(rotating.server.runner.app)
     tokens.set_credentials(Credentials("demo", SecretStr("a-mistyped-secret-rotation")), "test")
     assert await wait_for(lambda: token_stats(sandbox)[1] == 1)
     status, ready = await get_json(other, "/readyz")

@@ -18,14 +18,13 @@ from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.credentials import Credentials
-from proxy.health import TOKENS
-from proxy.sandbox import STATE
+from proxy.sandbox import STATE as SANDBOX_STATE
 from proxy.server import Server, start_server
 from proxy.settings import Settings
+from proxy.state import STATE
 from proxy.token_schedule import Policy, schedule_file
-from proxy.tokens import SCHEDULE_POLICY
 from tests.conftest import RunningSandbox, SandboxFactory
-from tests.integration.conftest import proxy_settings
+from tests.integration.conftest import held_tokens, proxy_settings
 from tests.integration.test_workers import proxy_env, start_workers, wait_for
 
 __all__ = ["start_workers"]  # a fixture used below
@@ -100,7 +99,7 @@ async def proxy_with(
     """A proxy in front of ``sandbox``; ``policy`` scales the etiquette down (a test knob)."""
     app = create_app(proxy_settings(sandbox.url, **overrides))
     if policy is not None:
-        app[SCHEDULE_POLICY] = policy
+        app[STATE].schedule_policy = policy
     server = await start_server(app, "127.0.0.1", 0, shutdown_grace=1)
     client = aiohttp.ClientSession()
     try:
@@ -175,7 +174,7 @@ async def test_429_from_the_token_endpoint_no_request_before_retry_after(
             ready = resp.status, await resp.json()
         # A new secret does not jump the queue: the 429 still holds.
         app = server.runner.app
-        app[TOKENS].set_credentials(Credentials("demo", SecretStr("demo-secret")), "SIGHUP")
+        held_tokens(app).set_credentials(Credentials("demo", SecretStr("demo-secret")), "SIGHUP")
         await asyncio.sleep(1)
         answers += await load(client, server.url, 1, concurrency=2)
     assert sandbox_token_requests(sandbox) == 1
@@ -188,7 +187,7 @@ async def test_429_from_the_token_endpoint_no_request_before_retry_after(
 
 
 def sandbox_token_requests(sandbox: RunningSandbox) -> int:
-    return sandbox.app[STATE].stats.token_requests
+    return sandbox.app[SANDBOX_STATE].stats.token_requests
 
 
 async def test_transient_token_endpoint_failures_keep_the_fast_backoff(
