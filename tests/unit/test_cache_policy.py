@@ -6,6 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.cache.policy import BYPASS_QUERY, Decision, decide
+from proxy.cache.step import stored_headers
 from proxy.paths import normalise
 
 
@@ -101,3 +102,27 @@ def test_no_store_bypasses_and_no_cache_refreshes() -> None:
     target = "/v4.0/words/convert"
     assert _decide("PUT", target, **{"Cache-Control": "no-store"}) is Decision.BYPASS
     assert _decide("PUT", target, **{"Cache-Control": "max-age=0, No-Cache"}) is Decision.REFRESH
+
+
+def test_an_entry_keeps_the_answers_headers_but_never_cookies_or_per_answer_ones() -> None:
+    """Issue 19: never ``Set-Cookie`` (one client's cookie served to another) nor what
+    belongs to one answer (its date, age, request id, length, X-Cache)."""
+    upstream = [
+        ("Content-Type", "application/pdf"),
+        ("Set-Cookie", "session=abc"),
+        ("Content-Disposition", 'attachment; filename="a.pdf"'),
+        ("set-cookie", "b=2"),
+        ("Content-Encoding", "gzip"),
+        ("Date", "Sat, 05 Dec 2026 17:00:00 GMT"),
+        ("Age", "3"),
+        ("X-Request-Id", "abc123"),
+        ("Content-Length", "10"),
+        ("X-Cache", "MISS"),
+        ("Vary", "Accept-Encoding"),
+    ]
+    assert stored_headers(upstream) == (
+        ("Content-Type", "application/pdf"),
+        ("Content-Disposition", 'attachment; filename="a.pdf"'),
+        ("Content-Encoding", "gzip"),
+        ("Vary", "Accept-Encoding"),
+    )
