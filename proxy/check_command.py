@@ -34,8 +34,17 @@ async def check(loaded: LoadedSettings, say: Say, complain: Say) -> int:
     settings = loaded.settings
     credentials = Credentials.from_settings(settings)
     schedule = open_schedule(settings)
-    fp = schedule.fingerprint(credentials.client_id, credentials.secret)
-    decision = await _permission(schedule, fp, settings.token_timeout)
+    try:
+        return await _check(loaded, credentials, schedule, say, complain)
+    finally:
+        await schedule.store.close()
+
+
+async def _check(
+    loaded: LoadedSettings, credentials: Credentials, schedule: Schedule, say: Say, complain: Say
+) -> int:
+    settings = loaded.settings
+    decision = await _permission(schedule, credentials, settings.token_timeout)
     if not decision.allowed:
         complain(refusal(decision))
         return 1
@@ -55,15 +64,15 @@ async def check(loaded: LoadedSettings, say: Say, complain: Say) -> int:
         except TokenFetchError as exc:
             outcome, error = exc.outcome, exc
         finally:  # also on Ctrl+C: the schedule learns what was sent
-            schedule.record(
+            await schedule.record(
                 decision.ticket,
-                fp,
+                credentials,
                 outcome,
                 reason=error.reason if error else "",
                 retry_after=error.retry_after if error else None,
             )
     if error is not None:
-        after = schedule.ask(fp, have_token=False, reserve=False)
+        after = await schedule.ask(credentials, have_token=False, reserve=False)
         complain(explain(error, loaded, after, schedule))
         return 1
     expires = datetime.fromtimestamp(time.time() + answer.expires_in, UTC)
@@ -74,11 +83,11 @@ async def check(loaded: LoadedSettings, say: Say, complain: Say) -> int:
     return 0
 
 
-async def _permission(schedule: Schedule, fp: str, patience: float) -> Decision:
+async def _permission(schedule: Schedule, credentials: Credentials, patience: float) -> Decision:
     """The schedule's answer; while another process tries these credentials, wait a little."""
     deadline = time.monotonic() + patience
     while True:
-        decision = schedule.ask(fp, have_token=False)
+        decision = await schedule.ask(credentials, have_token=False)
         if not decision.busy or time.monotonic() > deadline:
             return decision
         await asyncio.sleep(BUSY_POLL)

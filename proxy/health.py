@@ -33,7 +33,7 @@ async def readyz(request: web.Request) -> web.Response:
             answer["reason"] = GENERIC_REASON
     if tokens is not None and admitted:
         # Token request failures or a 429 block, whichever worker or replica met them.
-        standing = tokens.schedule_standing()
+        standing = await tokens.schedule_standing()
         if standing is not None:
             answer["token_schedule"] = standing
     return web.json_response(answer, status=200 if reason is None else 503)

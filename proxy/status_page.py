@@ -113,7 +113,7 @@ async def status_page(upstream: str, traffic: Traffic, request: web.Request) -> 
         upstream=escape(upstream),
         store=escape(state.usage.store.description),
         now=escape(datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
-        token=_token_html(state.tokens),
+        token=await _token_html(state.tokens),
         traffic=_traffic_html(traffic),
         budgets=_budgets_html(day["budgets"]),
         cache=_cache_html(state.cache, day["rows"]),
@@ -133,7 +133,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _token_html(tokens: TokenCache | None) -> str:
+async def _token_html(tokens: TokenCache | None) -> str:
     if tokens is None:
         return '<p class="bad">starting</p>'
     held = tokens.valid_token() is not None
@@ -144,7 +144,7 @@ def _token_html(tokens: TokenCache | None) -> str:
         ("last refresh", f"{_duration(since)} ago" if since is not None else "never"),
         ("last error", escape(tokens.last_error or "none")),
     ]
-    standing = tokens.schedule_standing()  # shared by every worker and replica on the store
+    standing = await tokens.schedule_standing()  # shared by every worker and replica on the store
     if standing is not None:
         failed = f"{standing['failed_token_requests']} of at most {standing['failure_budget']}"
         rows.append(("failed token requests", f"{failed} in {standing['window_seconds']} s"))

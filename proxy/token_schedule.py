@@ -20,10 +20,14 @@ the usage store, which every process on the host shares: ``run``, its workers, `
 the next ``run`` after a restart) or Redis (``proxy/token_schedule_redis.py``: every replica
 using that Redis); a :class:`MemoryStore` serves one process (the demo, unit tests, or a state
 directory that cannot be written). ``open_schedule()`` (below) is the one place that picks.
+The schedule is asynchronous because the Redis engine waits on the network: a slow or
+unreachable Redis must never stall the event loop (``/healthz``, calls with a token in hand).
+The file and memory engines answer at once (a ``flock`` held for a read and a write).
 Times are wall-clock (``time.time()``, UTC seconds): the state is shared between machines and
 outlives a reboot, which a monotonic clock does not. A store that cannot reach its shared state
 says so with ``degraded``; the schedule is then conservative (``Policy.conservative``).
-Credentials are stored only as salted fingerprints, never as secrets.
+Credentials are stored only as salted fingerprints (``proxy/token_fingerprints.py``) made
+with the state's own salt, never as secrets.
 """
 
 from __future__ import annotations
@@ -31,15 +35,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
-import hmac
 import json
 import math
 import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +49,9 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from proxy.credentials import Credentials
 from proxy.settings import Settings
+from proxy.token_fingerprints import Fingerprints
 from proxy.usage.rules import sqlite_path, state_dir
 
 log = structlog.get_logger("proxy.tokens")
@@ -132,9 +136,14 @@ class Standing:
 class Store(Protocol):
     # True while the store works from a local copy because its shared state is out of reach.
     degraded: bool
+    # Names the credentials in the state (under its salt), and again under a new one.
+    fingerprints: Fingerprints
 
-    def transaction(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
         """The state, exclusively; changes made to it are kept when the block ends."""
+
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""
 
 
 def new_state() -> dict[str, Any]:
@@ -159,10 +168,14 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._state = new_state()
+        self.fingerprints = Fingerprints()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[dict[str, Any]]:
         yield self._state
+
+    async def close(self) -> None:
+        pass
 
 
 class FileStore:
@@ -176,9 +189,13 @@ class FileStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.fingerprints = Fingerprints()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
+    async def close(self) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[dict[str, Any]]:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -224,25 +241,24 @@ class Schedule:
         self.store = store
         self.policy = policy or Policy()
         self._clock = clock
-        self._salt: bytes | None = None
 
     def now(self) -> float:
         """The schedule's clock (wall-clock seconds unless a test gives another)."""
         return self._clock()
 
-    def fingerprint(self, client_id: str, secret: str) -> str:
-        """A salted digest naming a pair of credentials without revealing them."""
-        if self._salt is None:
-            with self.store.transaction() as state:
-                self._salt = bytes.fromhex(state["salt"])
-        message = client_id.encode() + b"\0" + secret.encode()
-        return hmac.new(self._salt, message, hashlib.sha256).hexdigest()[:24]
+    def _fingerprint(self, state: dict[str, Any], credentials: Credentials) -> str:
+        """The name of ``credentials`` in ``state``: salted with the state's own salt, so a
+        state whose salt changed (Redis back after an outage) names them as the others do."""
+        return self.store.fingerprints.of(state["salt"], credentials)
 
-    def ask(self, fp: str, *, have_token: bool, reserve: bool = True) -> Decision:
-        """May credentials ``fp`` be sent now? If so (and ``reserve``) a slot is taken: report
+    async def ask(
+        self, credentials: Credentials, *, have_token: bool, reserve: bool = True
+    ) -> Decision:
+        """May ``credentials`` be sent now? If so (and ``reserve``) a slot is taken: report
         the outcome with ``record``. ``reserve=False`` only looks (when is the next attempt?)."""
         now = self._clock()
-        with self.store.transaction() as state:
+        async with self.store.transaction() as state:
+            fp = self._fingerprint(state, credentials)
             policy = self.policy.conservative if self.store.degraded else self.policy
             self._prune(state, now)
             if now < state["blocked_until"]:
@@ -296,10 +312,10 @@ class Schedule:
             attempts.append({"id": ticket, "at": now, "fp": fp, "state": "pending"})
             return Decision(True, ticket=ticket)
 
-    def standing(self) -> Standing:
+    async def standing(self) -> Standing:
         """Failures in the window and a 429 block, as the (shared) state holds them now."""
         now = self._clock()
-        with self.store.transaction() as state:
+        async with self.store.transaction() as state:
             policy = self.policy.conservative if self.store.degraded else self.policy
             self._prune(state, now)
             failed = sum(1 for a in state["attempts"] if a["state"] != "pending")
@@ -312,13 +328,13 @@ class Schedule:
                 degraded=self.store.degraded,
             )
 
-    def may_renew(self) -> bool:
+    async def may_renew(self) -> bool:
         """May an upstream 401 start a token request now? Takes one of ``policy.renewals``
         per ``renewal_window`` (shared like the rest), or answers False when they are used up:
         a client whose calls keep getting 401 must not make a token request per call."""
         now = self._clock()
         window = self.policy.renewal_window
-        with self.store.transaction() as state:
+        async with self.store.transaction() as state:
             recent = [t for t in state["renewals"] if now - window < t <= now + 1]
             allowed = len(recent) < self.policy.renewals
             if allowed:
@@ -326,10 +342,10 @@ class Schedule:
             state["renewals"] = recent
         return allowed
 
-    def record(
+    async def record(
         self,
         ticket: str,
-        fp: str,
+        credentials: Credentials,
         outcome: Outcome,
         *,
         reason: str = "",
@@ -338,7 +354,8 @@ class Schedule:
         """The outcome of the request ``ticket`` allowed."""
         now = self._clock()
         policy = self.policy
-        with self.store.transaction() as state:
+        async with self.store.transaction() as state:
+            fp = self._fingerprint(state, credentials)
             attempts = state["attempts"]
             mine = next((a for a in attempts if a["id"] == ticket), None)
             if outcome in ("ok", "error"):

@@ -14,35 +14,42 @@ When Redis cannot be reached the schedule still answers, from this process's own
 last state it saw, and ``degraded`` tells the schedule to be conservative (at most 1 failed
 token request per window per process; a rejected secret not tried again until it changes).
 Redis is asked again every ``RETRY_EVERY`` seconds; once it is back, what this process learnt
-meanwhile (its failed attempts, rejections, a 429 block) is merged into the shared state. One
-log line when the outage starts, one when it ends.
+meanwhile (its failed attempts, rejections, a 429 block) is merged into the shared state, its
+fingerprints made again under the shared salt when it had to make its own (it started while
+Redis was away). One log line when the outage starts, one when it ends.
 
-The client is redis-py's synchronous one, as the schedule's interface is: its calls run on
-the event loop, but only on a token request, a 401-driven renewal, ``/readyz`` for an admitted
-caller and ``/_proxy/`` (never on an ordinary forwarded call), and each waits at most
-``TIMEOUT`` (a black-holed Redis: then the local schedule answers without asking for
-``RETRY_EVERY`` seconds).
+The client is ``redis.asyncio``: a slow or black-holed Redis never stalls the event loop, so
+``/healthz`` and calls with a token in hand are answered meanwhile (a token request, a
+401-driven renewal, ``/readyz`` and ``/_proxy/`` wait for the schedule). Reaching the state
+takes at most ``DEADLINE`` seconds whatever Redis does (a reply trickling in byte by byte
+included); then the local schedule answers without asking for ``RETRY_EVERY`` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import redis
+import redis.asyncio as aioredis
 import structlog
 from pydantic import SecretStr
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from proxy.token_fingerprints import Fingerprints
 
 log = structlog.get_logger("proxy.token_schedule")
 
 PREFIX = "aspose-proxy:token-schedule:"
-TIMEOUT = 0.25  # seconds: the event loop waits this long at most for the shared state
+TIMEOUT = 0.25  # seconds: one socket operation waits this long at most
+DEADLINE = 1.0  # seconds: taking the lock and reading the state, or writing it, at most
 LOCK_MS = 2000  # a lock outlives a holder that died by this much at most
 LOCK_WAIT = 0.5  # seconds to wait for another process's transaction before giving up
 RETRY_EVERY = 5.0  # seconds between attempts to reach Redis during an outage
@@ -83,7 +90,7 @@ class RedisScheduleStore:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = redis.Redis.from_url(
+        self._client = aioredis.Redis.from_url(
             url,
             password=password.get_secret_value() if password else None,
             socket_timeout=TIMEOUT,
@@ -94,20 +101,25 @@ class RedisScheduleStore:
         self.key = state_key(client_id)
         self._new_state = new_state
         self._clock = clock
+        self.fingerprints = Fingerprints()
         self.degraded = False  # Redis unreachable: the schedule is conservative
         self._local: dict[str, Any] | None = None  # the last state seen, then the outage's own
         self._known: set[str] = set()  # attempt ids already in Redis when the outage began
         self._retry_at = 0.0
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[dict[str, Any]]:
         if self.degraded and self._clock() < self._retry_at:
             yield self._fallback()
             return
         try:
-            lock = self._lock()
-            raw = self._client.get(self.key)
-        except redis.RedisError as exc:
+            async with asyncio.timeout(DEADLINE):
+                lock = await self._lock()
+                raw = await self._client.get(self.key)
+        except (RedisError, TimeoutError) as exc:
             self._outage(exc)
             yield self._fallback()
             return
@@ -118,18 +130,15 @@ class RedisScheduleStore:
         try:
             yield state
         except BaseException:
-            with contextlib.suppress(redis.RedisError):  # nothing written, the lock let go
-                self._write(keys=[self.key, self.key + ":lock"], args=[lock, "", STATE_TTL])
+            with contextlib.suppress(RedisError, TimeoutError):  # nothing written, lock let go
+                await self._release(lock, "")
             raise
         after = json.dumps(state, sort_keys=True)
         try:
-            written = self._write(
-                keys=[self.key, self.key + ":lock"],
-                args=[lock, "" if after == before else after, STATE_TTL],
-            )
+            written = await self._release(lock, "" if after == before else after)
             if not written:
                 raise StateLost("the token schedule's lock expired before its write")
-        except (redis.RedisError, StateLost) as exc:
+        except (RedisError, TimeoutError, StateLost) as exc:
             self._local = state  # what was decided here still holds for this process
             self._outage(exc)
         else:
@@ -138,14 +147,22 @@ class RedisScheduleStore:
                 self.degraded = False
                 log.warning("token schedule store reachable again; shared schedule resumed")
 
-    def _lock(self) -> str:
+    async def _release(self, lock: str, state: str) -> bool:
+        """Write ``state`` (unless '') and let go of ``lock``: False if it was no longer ours."""
+        async with asyncio.timeout(DEADLINE):
+            written = await self._write(
+                keys=[self.key, self.key + ":lock"], args=[lock, state, STATE_TTL]
+            )
+        return bool(written)
+
+    async def _lock(self) -> str:
         """Take the state's lock (wait up to ``LOCK_WAIT`` for another holder)."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + LOCK_WAIT
-        while not self._client.set(self.key + ":lock", token, nx=True, px=LOCK_MS):
+        while not await self._client.set(self.key + ":lock", token, nx=True, px=LOCK_MS):
             if time.monotonic() > deadline:
-                raise redis.TimeoutError("the token schedule's lock stayed taken")
-            time.sleep(0.005)
+                raise RedisTimeout("the token schedule's lock stayed taken")
+            await asyncio.sleep(0.005)
         return token
 
     def _parse(self, raw: Any) -> dict[str, Any]:
@@ -180,16 +197,26 @@ class RedisScheduleStore:
         )
 
     def _merge_outage_into(self, state: dict[str, Any]) -> None:
-        """What this process learnt while Redis was away goes into the shared state."""
+        """What this process learnt while Redis was away goes into the shared state, named
+        under the shared salt (a process that started during the outage made its own)."""
         local = self._local
         if local is None:
             return
+        old, new = local["salt"], state["salt"]
+
+        def rename(fp: str) -> str | None:
+            return fp if old == new else self.fingerprints.rename(fp, old, new)
+
         present = {attempt["id"] for attempt in state["attempts"]}
         for attempt in local["attempts"]:
             if attempt["id"] not in self._known and attempt["id"] not in present:
-                state["attempts"].append(attempt)
-        for fp, entry in local["rejected"].items():
-            if fp not in state["rejected"] or state["rejected"][fp]["at"] < entry["at"]:
+                # An attempt counts against the budget even if its credentials are forgotten.
+                state["attempts"].append(attempt | {"fp": rename(attempt["fp"]) or ""})
+        for local_fp, entry in local["rejected"].items():
+            fp = rename(local_fp)
+            if fp is not None and (
+                fp not in state["rejected"] or state["rejected"][fp]["at"] < entry["at"]
+            ):
                 state["rejected"][fp] = entry
         if local["blocked_until"] > state["blocked_until"]:
             state["blocked_until"] = local["blocked_until"]

@@ -90,7 +90,6 @@ class TokenCache:
         self._rng = rng or random.Random()
         self._schedule = schedule or Schedule(MemoryStore(), clock=clock)
         self._credentials = credentials or Credentials("", SecretStr(""))
-        self._fp = self._fingerprint(self._credentials)
         self._rotation: str | None = None  # why new credentials wait for their first try
         self._current: Token | None = None
         self._inflight: asyncio.Task[Token] | None = None
@@ -101,9 +100,6 @@ class TokenCache:
         self._cap_noted_until = 0.0  # the renewal cap was last logged until then
         if metrics is not None:
             metrics.watch_token_expiry(self.seconds_to_expiry)
-
-    def _fingerprint(self, credentials: Credentials) -> str:
-        return self._schedule.fingerprint(credentials.client_id, credentials.secret)
 
     # -- what requests use ---------------------------------------------------------------
 
@@ -131,7 +127,7 @@ class TokenCache:
         current = self._current
         if current is not None and current is not rejected and self.valid_token() is current:
             return current  # someone already renewed it
-        if self._inflight is None and not self._schedule.may_renew():
+        if self._inflight is None and not await self._schedule.may_renew():
             self._note_renewal_cap()
             return None
         try:
@@ -154,10 +150,10 @@ class TokenCache:
         """Why the last fetch failed, until one succeeds (never holds a secret)."""
         return self._last_error.reason if self._last_error else None
 
-    def schedule_standing(self) -> dict[str, Any] | None:
+    async def schedule_standing(self) -> dict[str, Any] | None:
         """The token schedule's failures and 429 block, shared by every worker and replica on
         the same store, when there is something to see (for ``/readyz`` and ``/_proxy/``)."""
-        standing = self._schedule.standing()
+        standing = await self._schedule.standing()
         clock = self._schedule.now
         return standing.as_dict(clock) if standing.notable(clock) else None
 
@@ -174,10 +170,9 @@ class TokenCache:
 
     def set_credentials(self, credentials: Credentials, why: str) -> bool:
         """Try ``credentials`` at once (whatever the backoff says); False if nothing changed."""
-        fp = self._fingerprint(credentials)
-        if fp == self._fp:
+        if credentials == self._credentials:
             return False
-        self._credentials, self._fp, self._rotation = credentials, fp, why
+        self._credentials, self._rotation = credentials, why
         self._failures = 0
         self._next_attempt_at = 0.0
         log.info(
@@ -230,19 +225,20 @@ class TokenCache:
             task.exception()  # retrieved: waiters get it through shield; no "never retrieved"
         self._wake.set()
 
-    async def _permission(self, fp: str) -> Decision:
+    async def _permission(self, credentials: Credentials) -> Decision:
         """Ask the schedule; while another process tries these credentials, wait for it."""
         while True:
-            decision = self._schedule.ask(fp, have_token=self.valid_token() is not None)
+            have_token = self.valid_token() is not None
+            decision = await self._schedule.ask(credentials, have_token=have_token)
             if not decision.busy:
                 return decision
             await asyncio.sleep(BUSY_POLL)
 
     async def _fetch_once(self) -> Token:
-        credentials, fp, rotation = self._credentials, self._fp, self._rotation
-        decision = await self._permission(fp)
+        credentials, rotation = self._credentials, self._rotation
+        decision = await self._permission(credentials)
         if not decision.allowed:
-            self._blocked(decision, fp)
+            self._blocked(decision, credentials)
             raise TokenFetchError(
                 decision.reason, rejected=decision.rejected, rate_limited=decision.rate_limited
             )
@@ -256,22 +252,22 @@ class TokenCache:
         except Exception as exc:  # a bug or an unexpected client error: still back off
             error = TokenFetchError(f"token fetch failed ({type(exc).__name__})")
         finally:  # also when cancelled: give the slot back
-            self._schedule.record(
+            await self._schedule.record(
                 decision.ticket,
-                fp,
+                credentials,
                 outcome,
                 reason=error.reason if error else "",
                 retry_after=error.retry_after if error else None,
             )
         if error is not None:
-            self._failed(error, fp, rotation)
+            await self._failed(error, credentials, rotation)
             raise error
-        if fp == self._fp:
+        if credentials == self._credentials:
             self._rotation = None
         token = Token(answer.access_token, answer.expires_in, self._clock(), self._rng.random())
         if token.usable_until <= self._clock():
             error = TokenFetchError("the token endpoint sent a token that has already expired")
-            self._failed(error, fp, rotation)
+            await self._failed(error, credentials, rotation)
             raise error
         self._current = token
         recovered = self._last_error is not None
@@ -292,23 +288,24 @@ class TokenCache:
         )
         return token
 
-    def _failed(self, exc: TokenFetchError, fp: str, rotation: str | None) -> None:
+    async def _failed(
+        self, exc: TokenFetchError, credentials: Credentials, rotation: str | None
+    ) -> None:
         if self._metrics:
             self._metrics.token_fetches.labels("rejected" if exc.rejected else "error").inc()
-        if fp != self._fp and not exc.rate_limited:
+        if credentials != self._credentials and not exc.rate_limited:
             # New credentials arrived meanwhile: this failure must not delay their first try.
             log.warning("token fetch with the previous credentials failed", reason=exc.reason)
             return
         if exc.rejected or exc.rate_limited:
             # The schedule says when to try again (a look, no slot taken).
             self._failures = 0
-            decision = self._schedule.ask(
-                fp, have_token=self.valid_token() is not None, reserve=False
-            )
+            have_token = self.valid_token() is not None
+            decision = await self._schedule.ask(credentials, have_token=have_token, reserve=False)
             if decision.allowed:  # not after a rejection or a 429 with the default policy
                 decision = Decision(False, until=self._schedule.now(), reason=exc.reason)
-            self._blocked(decision, fp, exc)
-            if rotation is not None and exc.rejected and fp == self._fp:
+            self._blocked(decision, credentials, exc)
+            if rotation is not None and exc.rejected and credentials == self._credentials:
                 self._rotation = None
                 log.error(
                     "the new client secret was rejected; still using the current token"
@@ -325,16 +322,18 @@ class TokenCache:
         self._next_attempt_at = self._clock() + delay
         self._note(exc, delay)
 
-    def _blocked(self, decision: Decision, fp: str, cause: TokenFetchError | None = None) -> None:
+    def _blocked(
+        self, decision: Decision, credentials: Credentials, cause: TokenFetchError | None = None
+    ) -> None:
         """Hold further attempts until the schedule allows one; remember why (for the 503s)."""
-        if fp != self._fp and not decision.rate_limited:
+        if credentials != self._credentials and not decision.rate_limited:
             return  # about the previous credentials; the new ones are asked about afresh
         # The schedule's times are wall-clock (shared, persisted); ours are monotonic.
         until = decision.until + (self._clock() - self._schedule.now())
         token = self.valid_token()
         if math.isinf(until):
             until = token.usable_until if token is not None else self._clock()
-            if fp == self._fp:
+            if credentials == self._credentials:
                 self._rotation = None  # rejected before: no immediate attempt for it
         self._next_attempt_at = until
         error = TokenFetchError(
@@ -367,11 +366,12 @@ class TokenCache:
         return max(0.0, token.refresh_at - now) if token is not None else 0.0
 
     async def close(self) -> None:
-        """Stop a fetch in flight (at shutdown)."""
+        """Stop a fetch in flight, let go of the schedule's connections (at shutdown)."""
         if self._inflight is not None:
             self._inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError, TokenFetchError):
                 await self._inflight
+        await self._schedule.store.close()
 
     async def run_refresher(self) -> None:
         """Fetch at start, then refresh before expiry and retry after failures; runs forever."""

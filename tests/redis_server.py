@@ -1,11 +1,17 @@
 """A real ``redis-server`` on 127.0.0.1, on a free port, for the usage store tests.
 
 Nothing is skipped: without the ``redis-server`` binary the tests fail and say how to get it.
+No server outlives the test process: each is started with a parent-death signal, so even a
+pytest killed by its timeout or SIGKILL (no finalizer runs) takes its servers with it; the
+fixtures also stop them when they end.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -23,6 +29,18 @@ MISSING = (
 
 NO_PERSISTENCE = ("--save", "", "--appendonly", "no")  # a test server writes nothing to disk
 APPEND_ONLY = ("--save", "", "--appendonly", "yes")  # a restart on the same directory keeps all
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+
+def dies_with_this_process() -> None:
+    """``preexec_fn`` for a server the tests start: the kernel sends it SIGKILL when the thread
+    that started it exits (the test process, however it ends; start servers from the main
+    thread). The check after it covers a parent that died before the call."""
+    parent = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _free_port() -> int:
@@ -52,6 +70,7 @@ def start_redis(
             cwd=directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_this_process,
         )
         url = f"redis://127.0.0.1:{chosen}/0"
         client = redis.Redis.from_url(url, password=password, socket_timeout=1)

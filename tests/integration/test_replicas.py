@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -184,7 +185,11 @@ async def test_readyz_and_the_status_page_show_a_failure_another_replica_met(
     sandbox: RunningSandbox, proxy_factory: ProxyFactory, redis_url: str
 ) -> None:
     rotating, other = [await proxy_factory(usage_store=redis_url) for _ in range(2)]
-    for proxy in (rotating, other):
+    for proxy in (rotating, other):  # each with its first token (fetched in the background)
+        for _ in range(100):
+            if (await get_json(proxy, "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
         assert (await get_json(proxy, "/readyz")) == (200, {"status": "ready"})
     # A mistyped rotation on one replica: one failed token request, in the shared schedule.
     tokens = held_tokens(rotating.server.runner.app)
@@ -285,3 +290,91 @@ async def test_redis_stopped_mid_run_no_crash_conservative_schedule_counts_arriv
         client.close()
         server.terminate()
         server.wait(timeout=10)
+
+
+# -- a slow Redis never stalls the event loop -----------------------------------------------------
+
+
+class TricklingRedis:
+    """A TCP relay to a real redis-server. Once ``stall`` is set, a command naming the token
+    schedule is not relayed: its reply trickles in, a byte every 0.1 s, until ``release``
+    (each byte resets a client's socket timeout, so a blocking client waits for all of it)."""
+
+    def __init__(self, target: str) -> None:
+        self.target_port = int(target.rsplit(":", 1)[1].split("/")[0])
+        self.stall = False
+        self.stalled = asyncio.Event()
+        self.release = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.relays: dict[asyncio.Task[Any], list[asyncio.StreamWriter]] = {}
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def close(self) -> None:
+        self.release.set()
+        if self.server is not None:
+            self.server.close()
+        for streams in self.relays.values():
+            for stream in streams:
+                stream.close()
+        await asyncio.gather(*self.relays, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        task = asyncio.current_task()
+        assert task is not None
+        self.relays[task] = [writer, up_writer]
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        relaying = asyncio.create_task(down())
+        try:
+            while data := await reader.read(65536):
+                if self.stall and b"token-schedule" in data:
+                    self.stalled.set()
+                    writer.write(b"$1000000\r\n")
+                    deadline = time.monotonic() + 60
+                    while not self.release.is_set() and time.monotonic() < deadline:
+                        writer.write(b"x")
+                        await writer.drain()
+                        await asyncio.sleep(0.1)
+                    break
+                up_writer.write(data)
+                await up_writer.drain()
+        except ConnectionError:
+            pass  # the client gave up on the reply
+        finally:
+            for stream in (writer, up_writer):
+                stream.close()
+            with contextlib.suppress(ConnectionError):
+                await relaying
+
+
+@pytest.mark.timeout(120)
+async def test_a_redis_that_answers_a_byte_at_a_time_stalls_no_health_check_or_forwarded_call(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 17 follow-up: the token schedule's Redis calls waited on the event loop; while a
+    token request waited for a slow Redis, /healthz and calls with a token in hand waited too."""
+    relay = TricklingRedis(redis_url)
+    secret = tmp_path / "client-secret"
+    secret.write_text("demo-secret")
+    env = redis_env(sandbox, await relay.start(), tmp_path, "proxy")
+    env["ASPOSE_PROXY_CLIENT_SECRET_FILE"] = str(secret)
+    del env["ASPOSE_PROXY_CLIENT_SECRET"]
+    try:
+        proxy = await start_workers(env=env)
+        assert (await proxy.get(DISC))[0] == 200  # a token in hand
+        relay.stall = True
+        secret.write_text("a-rotated-secret-to-try")  # a token request: it asks the schedule
+        await asyncio.wait_for(relay.stalled.wait(), 30)
+        timeout = aiohttp.ClientTimeout(total=10)  # the stall would last 60 s
+        assert (await proxy.get("/healthz", timeout=timeout))[0] == 200
+        assert (await proxy.get(DISC, timeout=timeout))[0] == 200
+    finally:
+        await relay.close()

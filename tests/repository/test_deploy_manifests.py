@@ -26,6 +26,7 @@ from proxy.cli import COMMANDS, build_parser
 from proxy.errors import HostNotAllowed
 from proxy.metrics import Metrics
 from proxy.settings import CONFIG_ENV_VAR, ENV_PREFIX, Settings, load_settings
+from tests.redis_server import dies_with_this_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
@@ -250,7 +251,12 @@ def test_redis_server_takes_the_manifests_configuration(tmp_path: Path) -> None:
     moved = f"--dir {tmp_path} --port {port} --bind 127.0.0.1"
     script = redis["args"][0].replace("--dir /data", moved)
     env = {**os.environ, "REDIS_PASSWORD": "a-password-for-the-test"}
-    process = subprocess.Popen([*redis["command"], script], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*redis["command"], script],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=dies_with_this_process,  # the signal survives the script's exec
+    )
     try:
         client = redis_lib.Redis(port=port, password="a-password-for-the-test")
         for _ in range(100):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -261,30 +262,29 @@ async def test_workers_all_get_their_token_with_good_credentials(
     assert len(endpoint.requests) == 6  # each worker its own token; successes cost no budget
 
 
-def test_state_file_holds_no_secret(clock: FakeClock, tmp_path: Any) -> None:
+async def test_state_file_holds_no_secret(clock: FakeClock, tmp_path: Any) -> None:
     path = tmp_path / "token-state"
     schedule = Schedule(FileStore(path), clock=clock)
-    fp = schedule.fingerprint(CLIENT_ID, SECRET)
-    decision = schedule.ask(fp, have_token=False)
-    schedule.record(decision.ticket, fp, "rejected", reason="rejected")
+    decision = await schedule.ask(creds(SECRET), have_token=False)
+    await schedule.record(decision.ticket, creds(SECRET), "rejected", reason="rejected")
     text = path.read_text()
-    assert SECRET not in text and fp in text
+    assert SECRET not in text and list(json.loads(text)["rejected"]) != []
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_corrupt_state_file_starts_afresh(clock: FakeClock, tmp_path: Any) -> None:
+async def test_a_corrupt_state_file_starts_afresh(clock: FakeClock, tmp_path: Any) -> None:
     path = tmp_path / "token-state"
     path.write_text("{not json")
     schedule = Schedule(FileStore(path), clock=clock)
-    assert schedule.ask("fp", have_token=False).allowed
+    assert (await schedule.ask(creds(SECRET), have_token=False)).allowed
 
 
-def test_the_401_renewal_cap_is_one_for_every_process(
+async def test_the_401_renewal_cap_is_one_for_every_process(
     clock: FakeClock, shared_store: Callable[[], Store]
 ) -> None:
     """Issue 16's 3 renewals per 10 s are per application: shared by workers (file) and
     replicas (Redis, issue 17), not 3 per process."""
     processes = [Schedule(shared_store(), clock=clock) for _ in range(3)]
-    assert [p.may_renew() for p in processes * 2] == [True] * 3 + [False] * 3
+    assert [await p.may_renew() for p in processes * 2] == [True] * 3 + [False] * 3
     clock.now += 10.5
-    assert processes[2].may_renew()
+    assert await processes[2].may_renew()
