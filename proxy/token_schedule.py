@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
@@ -53,6 +53,9 @@ from proxy.credentials import Credentials
 from proxy.settings import Settings
 from proxy.token_fingerprints import Fingerprints
 from proxy.usage.rules import sqlite_path, state_dir
+
+if TYPE_CHECKING:  # loaded only with Redis (cryptography is heavy)
+    from proxy.token_sharing import TokenShare
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -138,6 +141,8 @@ class Store(Protocol):
     degraded: bool
     # Names the credentials in the state (under its salt), and again under a new one.
     fingerprints: Fingerprints
+    # The held token shared with the other replicas (Redis only), so they fetch one between them.
+    token_share: TokenShare | None
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
         """The state, exclusively; changes made to it are kept when the block ends."""
@@ -165,6 +170,7 @@ class MemoryStore:
     """The schedule of a single process."""
 
     degraded = False
+    token_share: TokenShare | None = None
 
     def __init__(self) -> None:
         self._state = new_state()
@@ -186,6 +192,8 @@ class FileStore:
     """
 
     degraded = False
+
+    token_share: TokenShare | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -18,6 +18,9 @@ meanwhile (its failed attempts, rejections, a 429 block) is merged into the shar
 fingerprints made again under the shared salt when it had to make its own (it started while
 Redis was away). One log line when the outage starts, one when it ends.
 
+The held access token is shared through the same Redis (``proxy/token_sharing.py``, sealed),
+so the replicas make one token request between them.
+
 The client is ``redis.asyncio``: a slow or black-holed Redis never stalls the event loop, so
 ``/healthz`` and calls with a token in hand are answered meanwhile (a token request, a
 401-driven renewal, ``/readyz`` and ``/_proxy/`` wait for the schedule). Reaching the state
@@ -44,6 +47,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from proxy.token_fingerprints import Fingerprints
+from proxy.token_sharing import TokenShare
 
 log = structlog.get_logger("proxy.token_schedule")
 
@@ -73,9 +77,14 @@ class StateLost(Exception):
     """This process's lock expired before it wrote: its decision was not recorded."""
 
 
+def client_digest(client_id: str) -> str:
+    """Names ``client_id`` in Redis keys, so no client_id is in Redis."""
+    return hashlib.sha256(client_id.encode()).hexdigest()[:32]
+
+
 def state_key(client_id: str) -> str:
-    """The Redis key of ``client_id``'s schedule: a digest, so no client_id is in Redis."""
-    return PREFIX + hashlib.sha256(client_id.encode()).hexdigest()[:32]
+    """The Redis key of ``client_id``'s schedule."""
+    return PREFIX + client_digest(client_id)
 
 
 class RedisScheduleStore:
@@ -102,6 +111,7 @@ class RedisScheduleStore:
         self._new_state = new_state
         self._clock = clock
         self.fingerprints = Fingerprints()
+        self.token_share: TokenShare | None = TokenShare(self._client, client_digest(client_id))
         self.degraded = False  # Redis unreachable: the schedule is conservative
         self._local: dict[str, Any] | None = None  # the last state seen, then the outage's own
         self._known: set[str] = set()  # attempt ids already in Redis when the outage began

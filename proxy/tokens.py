@@ -14,6 +14,10 @@ keeps being used, and requests without one get 503 ``token_unavailable`` at once
 Renewal after an upstream 401 (``renew``): a token request like the others, at most 3 per 10 s
 (the schedule's, shared by workers); one that fails keeps the token in hand (issue 16).
 
+Replicas on one Redis share the token (``proxy/token_sharing.py``, sealed): before asking, a
+process takes a newer token another one fetched with the same secret, or waits while one
+fetches, so they make one token request between them.
+
 Rotation: ``set_credentials`` (SIGHUP, a changed ``client_secret_file``) makes the refresher try
 the new credentials at once; the token they get replaces the current one only if that works.
 """
@@ -27,7 +31,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import SecretStr
@@ -37,6 +41,9 @@ from proxy.errors import TokenUnavailable
 from proxy.metrics import Metrics
 from proxy.token_client import TokenAnswer, TokenFetchError
 from proxy.token_schedule import Decision, MemoryStore, Outcome, Schedule
+
+if TYPE_CHECKING:  # loaded only with Redis (cryptography is heavy)
+    from proxy.token_sharing import TokenShare
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -236,6 +243,55 @@ class TokenCache:
 
     async def _fetch_once(self) -> Token:
         credentials, rotation = self._credentials, self._rotation
+        share = self._schedule.store.token_share
+        if share is None:
+            return await self._request(credentials, rotation)
+        token, holder = await self._from_replicas(share, credentials)
+        if token is not None:
+            return self._hold(token, credentials, rotation, "token taken from another replica")
+        try:
+            token = await self._request(credentials, rotation)
+            obtained = time.time() - (self._clock() - token.obtained_at)
+            await share.save(token.value, token.lifetime, obtained, credentials)
+            return token
+        finally:
+            if holder is not None:
+                await share.unlock(holder)
+
+    async def _from_replicas(
+        self, share: TokenShare, credentials: Credentials
+    ) -> tuple[Token | None, str | None]:
+        """A newer token another process fetched with these credentials (then none is
+        requested), else the fetch lock: this process fetches while the others wait for its
+        token, so N replicas make one token request between them (issue 17)."""
+        deadline = time.monotonic() + self._wait_timeout
+        while True:
+            token = await self._newer_shared(share, credentials)
+            if token is not None:
+                return token, None
+            holder = await share.lock()
+            if holder is not None:
+                token = await self._newer_shared(share, credentials)  # saved just before
+                if token is not None:
+                    await share.unlock(holder)
+                return token, None if token is not None else holder
+            if time.monotonic() >= deadline:
+                return None, None  # the fetcher seems stuck: fetch alone
+            await asyncio.sleep(BUSY_POLL)
+
+    async def _newer_shared(self, share: TokenShare, credentials: Credentials) -> Token | None:
+        """The shared token if it is not the one held here (a 401 may have rejected that)
+        and still usable."""
+        shared = await share.load(credentials)
+        current = self._current
+        if shared is None or (current is not None and current.value == shared.value):
+            return None
+        age = time.time() - shared.obtained_at
+        token = Token(shared.value, shared.lifetime, self._clock() - age, self._rng.random())
+        return token if token.usable_until > self._clock() else None
+
+    async def _request(self, credentials: Credentials, rotation: str | None) -> Token:
+        """Ask the token endpoint, as the schedule allows."""
         decision = await self._permission(credentials)
         if not decision.allowed:
             self._blocked(decision, credentials)
@@ -262,24 +318,30 @@ class TokenCache:
         if error is not None:
             await self._failed(error, credentials, rotation)
             raise error
-        if credentials == self._credentials:
-            self._rotation = None
         token = Token(answer.access_token, answer.expires_in, self._clock(), self._rng.random())
         if token.usable_until <= self._clock():
             error = TokenFetchError("the token endpoint sent a token that has already expired")
             await self._failed(error, credentials, rotation)
             raise error
+        if self._metrics:
+            self._metrics.token_fetches.labels("ok").inc()
+        return self._hold(token, credentials, rotation, "token acquired")
+
+    def _hold(
+        self, token: Token, credentials: Credentials, rotation: str | None, event: str
+    ) -> Token:
+        """``token`` (fetched or taken from another replica) becomes the current one."""
+        if credentials == self._credentials:
+            self._rotation = None
         self._current = token
-        recovered = self._last_error is not None
+        if self._last_error is not None:
+            event = "token recovered"
+        if rotation is not None:
+            event = "switched to the new credentials"
         self._failures = 0
         self._last_error = None
         self._next_attempt_at = 0.0
-        if self._metrics:
-            self._metrics.token_fetches.labels("ok").inc()
         expires = datetime.fromtimestamp(time.time() + token.lifetime, UTC)
-        event = "token recovered" if recovered else "token acquired"
-        if rotation is not None:
-            event = "switched to the new credentials"
         log.info(
             event,
             client_id=credentials.client_id,

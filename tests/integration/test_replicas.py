@@ -156,6 +156,21 @@ async def test_a_429_seen_by_one_replica_keeps_a_replica_started_later_from_aski
     assert (await first.get("/readyz"))[0] == 503
 
 
+async def test_two_proxies_on_one_redis_make_one_token_request_between_them(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any], redis_url: str, tmp_path: Path
+) -> None:
+    first = await start_workers(env=redis_env(sandbox, redis_url, tmp_path, "first"))
+    assert (await first.get(DISC))[0] == 200
+    second = await start_workers(env=redis_env(sandbox, redis_url, tmp_path, "second"))
+    assert (await second.get(DISC))[0] == 200
+    assert token_stats(sandbox) == (1, 0)  # the second took the first's token from Redis
+    assert "token taken from another replica" in second.log
+    client = redis.Redis.from_url(redis_url)
+    stored = b"".join(client.dump(key) or b"" for key in client.keys("*"))
+    client.close()
+    assert b"eyJ" not in stored  # no JWT (the sandbox's tokens) in clear
+
+
 # -- rate limits: one bucket per rule for every process sharing the store -----------------------
 
 ONE_RATE_FOR_EVERYONE = [{"client": "*", "per_second": 0.2, "burst": 10}]
