@@ -33,7 +33,7 @@ from proxy.settings import (
     typo_hints,
     unknown_env_vars,
 )
-from proxy.usage.rules import kubernetes_sqlite_warning
+from proxy.usage.rules import kubernetes_sqlite_warning, memory_store_workers_warning
 
 EXIT_USAGE = 2
 # Settings that are never CLI flags: a secret on the command line is visible in `ps`.
@@ -341,6 +341,13 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         has_limits = args.command == "run" and bool(settings.budgets or settings.rate_limits)
         if replicas := kubernetes_sqlite_warning(settings.usage_store, has_limits, os.environ):
             log.warning(replicas)
+        workers = settings.workers
+        if not workers and has_limits:  # one per CPU
+            from proxy.supervisor import usable_cpus
+
+            workers = usable_cpus()
+        if alone := memory_store_workers_warning(settings.usage_store, has_limits, workers):
+            log.warning(alone)
         for name in short_secrets(settings.named_secrets):
             log.warning(
                 f"{name} is shorter than {MIN_SECRET_LENGTH} characters: the log redactor does "

@@ -130,6 +130,18 @@ def kubernetes_sqlite_warning(
     )
 
 
+def memory_store_workers_warning(store_url: str, has_limits: bool, workers: int) -> str | None:
+    """Issue 17: with ``usage_store = "off"`` each worker counts in its own memory, so N
+    workers allow N times each budget and rate; said once at start, as for Kubernetes."""
+    if not has_limits or store_url != "off" or workers == 1:
+        return None
+    return (
+        "budgets or rate_limits are set with usage_store off and several workers: each worker "
+        "counts in its own memory, so N workers allow N times each budget and rate; use a "
+        "SQLite store (the default, shared by every process on this host) or Redis"
+    )
+
+
 def applies(budget: Budget | RateLimit, client: str, product: str | None = None) -> bool:
     """Whether a call by ``client`` to ``product`` counts against ``budget``."""
     if budget.client != ANY and budget.client != client:

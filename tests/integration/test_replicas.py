@@ -42,6 +42,21 @@ async def test_budgets_on_sqlite_in_a_pod_are_warned_about_once_not_once_per_wor
     assert running.log.count(KUBERNETES_WARNING) == 1, running.log
 
 
+async def test_budgets_with_no_store_and_two_workers_are_warned_about_once(
+    sandbox: RunningSandbox, start_workers: Callable[..., Any]
+) -> None:
+    """usage_store = "off": each worker counts alone (budget 3, two workers: up to 6 pass)."""
+    env = proxy_env(
+        sandbox,
+        ASPOSE_PROXY_USAGE_STORE="off",
+        ASPOSE_PROXY_BUDGETS=json.dumps([{"client": "*", "calls": 3}]),
+    )
+    running = await start_workers("--workers", "2", env=env)
+    status, _, _ = await running.get("/healthz")
+    assert status == 200
+    assert running.log.count("usage_store off and several workers") == 1, running.log
+
+
 DISC = "/v4.0/words/storage/disc"
 BUDGET_OF_3 = json.dumps([{"client": "*", "calls": 3}])
 

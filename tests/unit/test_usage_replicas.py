@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.usage.rules import kubernetes_sqlite_warning
+from proxy.usage.rules import kubernetes_sqlite_warning, memory_store_workers_warning
 
 POD = {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
 SQLITE = "sqlite:///var/lib/aspose-proxy/usage.db"
@@ -29,3 +29,20 @@ def test_no_warning_where_nothing_is_multiplied(
     store: str, has_limits: bool, environ: dict[str, str]
 ) -> None:
     assert kubernetes_sqlite_warning(store, has_limits, environ) is None
+
+
+def test_budgets_with_no_store_and_several_workers_are_warned_about() -> None:
+    """Each worker of usage_store = "off" counts in its own memory: N workers, N budgets."""
+    warning = memory_store_workers_warning("off", True, 2)
+    assert warning is not None
+    assert "own memory" in warning and "SQLite" in warning and "Redis" in warning
+
+
+@pytest.mark.parametrize(
+    ("store", "has_limits", "workers"),
+    [("off", True, 1), ("off", False, 4), (SQLITE, True, 4), ("redis://redis:6379/0", True, 4)],
+)
+def test_no_memory_store_warning_where_the_counts_are_shared_or_alone(
+    store: str, has_limits: bool, workers: int
+) -> None:
+    assert memory_store_workers_warning(store, has_limits, workers) is None
