@@ -244,7 +244,7 @@ class TokenCache:
     async def _fetch_once(self) -> Token:
         credentials, rotation = self._credentials, self._rotation
         share = self._schedule.store.token_share
-        if share is None:
+        if share is None or self._schedule.store.degraded:  # Redis away: fetch alone
             return await self._request(credentials, rotation)
         token, holder = await self._from_replicas(share, credentials)
         if token is not None:
