@@ -53,14 +53,41 @@ def describe(host: str, port: int, cause: OSError) -> str:
     return f"cannot listen on {shown}:{port}: {reason}; {step}"
 
 
-async def listen(app: web.Application, host: str, port: int, **options: Any) -> Server:
-    """``start_server``, with a bind failure turned into :class:`CannotListen`."""
+async def listen(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False, **options: Any
+) -> Server:
+    """``start_server``, with a bind failure turned into :class:`CannotListen`.
+
+    The address is tried before the app starts: an app that cannot listen must not start its
+    background work (the proxy's first token request, whose error line would come before the
+    one that says why it stopped). A worker shares its supervisor's port, so only binds.
+    """
     from proxy.server import start_server
 
     try:
-        return await start_server(app, host, port, **options)
+        if not reuse_port:
+            bind_socket(host, port).close()
+        return await start_server(app, host, port, reuse_port=reuse_port, **options)
     except OSError as exc:
         raise CannotListen(host, port, exc) from None
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound on ``host:port`` as a listener binds it (``SO_REUSEADDR``), not listening;
+    ``OSError`` when the address is taken or not this machine's."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -68,12 +95,7 @@ def port_in_use(host: str, port: int) -> bool:
     if port == 0:
         return False
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+        bind_socket(host, port).close()
     except OSError as exc:
         return exc.errno == errno.EADDRINUSE
     return False

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from proxy.listening import CannotListen
+from proxy.listening import CannotListen, bind_socket
 from proxy.settings import Settings
 
 log = structlog.get_logger("proxy.supervisor")
@@ -93,24 +93,11 @@ def hold_port(host: str, port: int) -> socket.socket:
 
     Raises ``OSError`` when the address is taken, even by a listener that set SO_REUSEPORT.
     """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
     # A plain bind fails on a port anyone listens on; with SO_REUSEPORT we could silently
     # share another program's (or another proxy's) port.
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-        address = probe.getsockname()
-    holder = socket.socket(family, kind, proto)
-    try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind(address)
-    except OSError:
-        holder.close()
-        raise
-    return holder
+    with bind_socket(host, port) as plain:
+        bound_host, bound_port = plain.getsockname()[:2]
+    return bind_socket(bound_host, bound_port, reuse_port=True)
 
 
 def follow_parent(parent_pid: int | None) -> None:

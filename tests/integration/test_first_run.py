@@ -63,7 +63,10 @@ async def test_a_misspelt_command_is_unknown_with_the_close_match() -> None:
 async def test_a_port_in_use_is_one_line_with_the_next_step(
     args: list[str], taken_port: int
 ) -> None:
-    code, _, err = await run_cli(*args, "--port", str(taken_port), env=CREDENTIALS)
+    """The token fetch used to start before the bind: with a token endpoint that fails at once
+    (connection refused), its error line came first, and sometimes even with Aspose's."""
+    env = {**CREDENTIALS, "ASPOSE_PROXY_UPSTREAM_URL": "http://127.0.0.1:9"}
+    code, _, err = await run_cli(*args, "--port", str(taken_port), env=env)
     assert code == 1
     assert err.strip().count("\n") == 0, err
     assert f"aspose-proxy: cannot listen on 127.0.0.1:{taken_port}: address already in use" in err
