@@ -8,10 +8,7 @@ and the token endpoint alike, and are read once at start-up.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import ssl
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +23,9 @@ from proxy.sandbox import STATE, SandboxConfig, create_sandbox_app
 from proxy.settings import SettingsError, load_settings
 from proxy.upstream import egress_proxy_for
 from tests.conftest import RunningSandbox
-from tests.integration.conftest import SANDBOX_SECRET, ProxyFactory
-from tests.integration.forward_proxy import forward_proxy
+from tests.integration.conftest import SANDBOX_SECRET, ProxyFactory, RunningProxy
+from tests.integration.forward_proxy import ForwardProxy, forward_proxy
+from tests.integration.test_cli import run_cli
 
 DISC = "/v4.0/words/storage/disc"
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -97,6 +95,19 @@ async def tls_sandbox(tls_sandbox_factory: TLSSandboxFactory, ca: trustme.CA) ->
     return await tls_sandbox_factory(ca)
 
 
+@pytest.fixture
+async def https_egress(clean_proxy_env: pytest.MonkeyPatch) -> AsyncIterator[ForwardProxy]:
+    """A forward proxy on loopback, named by ``HTTPS_PROXY``."""
+    async with forward_proxy() as egress:
+        clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
+        yield egress
+
+
+async def assert_disc_served(proxy: RunningProxy) -> None:
+    async with proxy.client.get(proxy.url + DISC) as response:
+        assert response.status == 200
+
+
 async def error_body(response: Any) -> dict[str, Any]:
     body: dict[str, Any] = await response.json()
     assert response.headers["X-Proxy-Error"] == body["Error"]["Code"]
@@ -110,18 +121,14 @@ async def test_https_upstream_with_ca_file_through_a_connect_tunnel(
     proxy_factory: ProxyFactory,
     tls_sandbox: TLSSandbox,
     ca_file: Path,
-    clean_proxy_env: pytest.MonkeyPatch,
+    https_egress: ForwardProxy,
 ) -> None:
-    async with forward_proxy() as egress:
-        clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-        proxy = await proxy_factory(tls_sandbox.url, ca_file=ca_file)
-        async with proxy.client.get(proxy.url + DISC) as response:
-            assert response.status == 200
+    await assert_disc_served(await proxy_factory(tls_sandbox.url, ca_file=ca_file))
     authority = URL(tls_sandbox.url).raw_authority
     # The token endpoint and the API both went through CONNECT tunnels; nothing in the clear.
-    assert len(egress.connects) >= 2
-    assert set(egress.connects) == {authority}
-    assert egress.requests == []
+    assert len(https_egress.connects) >= 2
+    assert set(https_egress.connects) == {authority}
+    assert https_egress.requests == []
     assert tls_sandbox.stats()["token_requests"] == 1
     assert tls_sandbox.stats()["api_requests"] == 1
 
@@ -129,21 +136,19 @@ async def test_https_upstream_with_ca_file_through_a_connect_tunnel(
 async def test_untrusted_token_endpoint_fails_closed_naming_tls(
     proxy_factory: ProxyFactory,
     tls_sandbox: TLSSandbox,
-    clean_proxy_env: pytest.MonkeyPatch,
+    https_egress: ForwardProxy,
 ) -> None:
-    async with forward_proxy() as egress:
-        clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-        proxy = await proxy_factory(tls_sandbox.url)  # no ca_file: the test CA is unknown
-        async with proxy.client.get(proxy.url + DISC) as response:
-            assert response.status == 503
-            body = await error_body(response)
-        async with proxy.client.get(proxy.url + "/readyz") as ready:
-            reason = (await ready.json())["reason"]
+    proxy = await proxy_factory(tls_sandbox.url)  # no ca_file: the test CA is unknown
+    async with proxy.client.get(proxy.url + DISC) as response:
+        assert response.status == 503
+        body = await error_body(response)
+    async with proxy.client.get(proxy.url + "/readyz") as ready:
+        reason = (await ready.json())["reason"]
     assert body["Error"]["Code"] == "token_unavailable"
     assert "TLS verification failed" in body["Error"]["Message"]
     assert "certificate verify failed" in body["Error"]["Message"]
     assert "TLS verification failed" in reason
-    assert egress.connects  # the tunnel was opened, the handshake refused
+    assert https_egress.connects  # the tunnel was opened, the handshake refused
     # No credentials and no request reached the endpoint.
     assert tls_sandbox.stats()["token_requests"] == 0
     assert tls_sandbox.stats()["api_requests"] == 0
@@ -178,9 +183,7 @@ async def test_ca_file_is_trusted_in_addition_to_the_system_cas(
     clean_proxy_env.setenv("SSL_CERT_FILE", str(system_store))
     sandbox = await tls_sandbox_factory(system_ca, ca)
     token_url, api_url = sandbox.urls[0] + "/connect/token", sandbox.urls[1]
-    proxy = await proxy_factory(api_url, token_url=token_url, ca_file=ca_file)
-    async with proxy.client.get(proxy.url + DISC) as response:
-        assert response.status == 200
+    await assert_disc_served(await proxy_factory(api_url, token_url=token_url, ca_file=ca_file))
     assert sandbox.stats()["token_requests"] == 1
     assert sandbox.stats()["api_requests"] == 1
 
@@ -204,25 +207,15 @@ def test_bad_ca_file_is_a_settings_error_naming_ca_file(
 
 async def test_check_command_uses_ca_file(tls_sandbox: TLSSandbox, ca_file: Path) -> None:
     env = {
-        **os.environ,
         "ASPOSE_PROXY_TOKEN_URL": f"{tls_sandbox.url}/connect/token",
         "ASPOSE_PROXY_CLIENT_ID": "demo",
         "ASPOSE_PROXY_CLIENT_SECRET": SANDBOX_SECRET,
     }
-    for extra, code, text in ((None, 1, "TLS verification failed"), (ca_file, 0, "ok:")):
+    for extra, expected, text in ((None, 1, "TLS verification failed"), (ca_file, 0, "ok:")):
         run_env = env | ({"ASPOSE_PROXY_CA_FILE": str(extra)} if extra else {})
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "check",
-            env=run_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await process.communicate()
-        assert process.returncode == code, err.decode()
-        assert text in (out + err).decode()
+        code, out, err = await run_cli("check", env=run_env)
+        assert code == expected, err
+        assert text in out + err
 
 
 # -- egress proxies -------------------------------------------------------------------------
@@ -233,9 +226,7 @@ async def test_plain_http_upstream_goes_through_http_proxy_in_absolute_form(
 ) -> None:
     async with forward_proxy() as egress:
         clean_proxy_env.setenv("HTTP_PROXY", egress.url)
-        proxy = await proxy_factory()
-        async with proxy.client.get(proxy.url + DISC) as response:
-            assert response.status == 200
+        await assert_disc_served(await proxy_factory())
     assert f"POST {sandbox.url}/connect/token" in egress.requests
     assert f"GET {sandbox.url}{DISC}" in egress.requests
 
@@ -244,15 +235,12 @@ async def test_no_proxy_bypasses_the_egress_proxy(
     proxy_factory: ProxyFactory,
     tls_sandbox: TLSSandbox,
     ca_file: Path,
+    https_egress: ForwardProxy,
     clean_proxy_env: pytest.MonkeyPatch,
 ) -> None:
-    async with forward_proxy() as egress:
-        clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-        clean_proxy_env.setenv("NO_PROXY", "example.com,127.0.0.1")
-        proxy = await proxy_factory(tls_sandbox.url, ca_file=ca_file)
-        async with proxy.client.get(proxy.url + DISC) as response:
-            assert response.status == 200
-    assert not egress.used
+    clean_proxy_env.setenv("NO_PROXY", "example.com,127.0.0.1")
+    await assert_disc_served(await proxy_factory(tls_sandbox.url, ca_file=ca_file))
+    assert not https_egress.used
     assert tls_sandbox.stats()["api_requests"] == 1
 
 
@@ -260,18 +248,16 @@ async def test_egress_proxy_is_resolved_once_at_start_up(
     proxy_factory: ProxyFactory,
     tls_sandbox: TLSSandbox,
     ca_file: Path,
+    https_egress: ForwardProxy,
     clean_proxy_env: pytest.MonkeyPatch,
 ) -> None:
-    async with forward_proxy() as egress:
-        clean_proxy_env.setenv("HTTPS_PROXY", egress.url)
-        proxy = await proxy_factory(tls_sandbox.url, ca_file=ca_file)
-        # Looked up per request (aiohttp's trust_env), this would now fail to connect.
-        clean_proxy_env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-        clean_proxy_env.setenv("NO_PROXY", "*")
-        for _ in range(2):
-            async with proxy.client.get(proxy.url + DISC) as response:
-                assert response.status == 200
-    assert egress.connects
+    proxy = await proxy_factory(tls_sandbox.url, ca_file=ca_file)
+    # Looked up per request (aiohttp's trust_env), this would now fail to connect.
+    clean_proxy_env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    clean_proxy_env.setenv("NO_PROXY", "*")
+    for _ in range(2):
+        await assert_disc_served(proxy)
+    assert https_egress.connects
 
 
 def test_egress_proxy_for_picks_the_scheme_and_honours_no_proxy(
