@@ -121,6 +121,14 @@ async def test_short_lived_tokens_are_refreshed_early_and_never_sent_expired(
 BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB: over body_memory_limit, so teed
 
 
+@pytest.fixture
+async def spilling_proxy(proxy_factory: ProxyFactory) -> RunningProxy:
+    """A proxy with a token in hand that keeps only 64 KiB of a body in memory."""
+    proxy = await proxy_factory(body_memory_limit=64 * 1024)
+    await post_echo(proxy, b"warm-up")
+    return proxy
+
+
 async def wait_for_stat(sandbox: RunningSandbox, name: str, value: int) -> None:
     for _ in range(200):
         if (await sandbox.stats())[name] >= value:
@@ -160,10 +168,9 @@ async def upload_in_two_halves(
 
 
 async def test_big_upload_reaches_upstream_before_the_client_has_sent_it_all(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+    spilling_proxy: RunningProxy, sandbox: RunningSandbox
 ) -> None:
-    proxy = await proxy_factory(body_memory_limit=64 * 1024)
-    await post_echo(proxy, b"warm-up")
+    proxy = spilling_proxy
     before = (await sandbox.stats())["api_requests"]
 
     async def upstream_has_it() -> None:  # half the body sent: upstream already has the request
@@ -176,12 +183,11 @@ async def test_big_upload_reaches_upstream_before_the_client_has_sent_it_all(
 
 
 async def test_401_before_the_upload_finished_is_replayed_whole_from_the_spool(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+    spilling_proxy: RunningProxy, sandbox: RunningSandbox
 ) -> None:
     """Upstream answers 401 while the client is still uploading: the proxy reads the rest of
     the body into its copy, renews the token and replays the whole body."""
-    proxy = await proxy_factory(body_memory_limit=64 * 1024)
-    await post_echo(proxy, b"warm-up")
+    proxy = spilling_proxy
     await sandbox.control("revoke")
 
     async def upstream_refused_it() -> None:  # the 401 came back mid-upload
@@ -195,10 +201,9 @@ async def test_401_before_the_upload_finished_is_replayed_whole_from_the_spool(
 
 
 async def test_expect_100_continue_upload_is_replayed_after_401(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+    spilling_proxy: RunningProxy, sandbox: RunningSandbox
 ) -> None:
-    proxy = await proxy_factory(body_memory_limit=64 * 1024)
-    await post_echo(proxy, b"warm-up")
+    proxy = spilling_proxy
     await sandbox.control("revoke")
 
     async def nothing() -> None:
@@ -212,10 +217,9 @@ async def test_expect_100_continue_upload_is_replayed_after_401(
 
 
 async def test_revoked_token_replays_a_spilled_chunked_upload(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox
+    spilling_proxy: RunningProxy, sandbox: RunningSandbox
 ) -> None:
-    proxy = await proxy_factory(body_memory_limit=64 * 1024)
-    await post_echo(proxy, b"warm-up")
+    proxy = spilling_proxy
     await sandbox.control("revoke")
 
     async def chunks() -> Any:
@@ -230,13 +234,12 @@ async def test_revoked_token_replays_a_spilled_chunked_upload(
 
 
 async def test_401_mid_upload_is_replayed_whole_when_spool_writes_are_slow(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+    spilling_proxy: RunningProxy, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every spool write counts as slow, so the copy goes on in a thread (issue 11): the
     replay after a mid-upload 401 still sends the whole body."""
     monkeypatch.setattr("proxy.body.SLOW_WRITE", -1.0)
-    proxy = await proxy_factory(body_memory_limit=64 * 1024)
-    await post_echo(proxy, b"warm-up")
+    proxy = spilling_proxy
     await sandbox.control("revoke")
 
     async def upstream_refused_it() -> None:
