@@ -3,7 +3,6 @@ same entry, so what is done where responses leave applies to all of them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from proxy.app import create_app
 from proxy.server import start_server
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LogCapture, ProxyFactory, RunningProxy, proxy_settings
-from tests.integration.rawhttp import exchange, open_to, read_head
+from tests.integration.rawhttp import exchange
 
 ECHO = "/v4.0/sandbox/echo/x"
 
@@ -91,17 +90,12 @@ async def test_an_expect_continue_request_passes_the_guards_once(
         access_keys={"ci-job": SecretStr("a-key-of-16-characters-or-more")},
         require_client_auth=True,
     )
-    reader, writer = await open_to(proxy.url)
-    try:
-        writer.write(
-            f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nX-Proxy-Key: wrong-key-of-16-chars\r\n"
-            "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        status, _ = await asyncio.wait_for(read_head(reader), 5)  # no 100 Continue first
-    finally:
-        writer.close()
-    assert status == 401
+    response = await exchange(
+        proxy.url,
+        f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nX-Proxy-Key: wrong-key-of-16-chars\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert response.status == 401  # no 100 Continue first
     async with proxy.client.get(proxy.url + "/metrics") as response:
         metrics = await response.text()
     assert 'aspose_proxy_client_auth_failures_total{credential="access_key"} 1.0' in metrics
