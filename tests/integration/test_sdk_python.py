@@ -122,24 +122,20 @@ async def test_sdk_sees_upstream_errors_in_the_shape_it_parses(proxy: RunningPro
     assert caught.value.body.error.code == "NotFound"
 
 
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [("alice", "alice-secret-0123456"), ("bob", "b0b+s3cret/x=0123456")],
+    ids=["plain-secret", "secret-with-a-plus"],
+)
 async def test_sdk_with_a_local_client(
-    proxy_factory: ProxyFactory, sandbox: RunningSandbox, document: Path
-) -> None:
-    proxy = await proxy_factory(local_clients={"alice": SecretStr("alice-secret-0123456")})
-    api = words_api(proxy, "alice", "alice-secret-0123456")
-    await upload(api, document, "alice/report.docx")
-    assert await names_in(api, "alice") == ["report.docx"]
-
-
-async def test_sdk_with_a_local_client_whose_secret_has_a_plus(
-    proxy_factory: ProxyFactory, document: Path
+    proxy_factory: ProxyFactory, document: Path, name: str, secret: str
 ) -> None:
     """The SDK sends ``client_secret=`` + the secret unencoded, so ``+`` must not become a
     space on the proxy's side (generated secrets often contain ``+``, base64's alphabet)."""
-    proxy = await proxy_factory(local_clients={"bob": SecretStr("b0b+s3cret/x=0123456")})
-    api = words_api(proxy, "bob", "b0b+s3cret/x=0123456")
-    await upload(api, document, "bob/report.docx")
-    assert await names_in(api, "bob") == ["report.docx"]
+    proxy = await proxy_factory(local_clients={name: SecretStr(secret)})
+    api = words_api(proxy, name, secret)
+    await upload(api, document, f"{name}/report.docx")
+    assert await names_in(api, name) == ["report.docx"]
 
 
 async def test_sdk_with_unknown_local_client_is_refused(
