@@ -13,6 +13,8 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from tests.integration.rawhttp import serve_on_loopback
+
 # A request line in absolute form, as a client talking to a forward proxy sends it (not
 # anchored: on a kept-alive connection it follows the previous request's body directly).
 _ABSOLUTE_FORM = re.compile(
@@ -87,8 +89,7 @@ class ForwardProxy:
 @contextlib.asynccontextmanager
 async def forward_proxy() -> AsyncIterator[ForwardProxy]:
     proxy = ForwardProxy()
-    server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve_on_loopback(proxy._handle)
     proxy.url = f"http://127.0.0.1:{port}"
     try:
         yield proxy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from yarl import URL
@@ -21,6 +22,15 @@ class RawResponse:
 async def open_to(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     parsed = URL(url)
     return await asyncio.open_connection(parsed.host, parsed.port)
+
+
+async def serve_on_loopback(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    """A TCP server on 127.0.0.1, on a free port: the server and its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    return server, port
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:

@@ -19,6 +19,7 @@ from proxy.credentials import Credentials
 from proxy.sandbox import STATE
 from tests.conftest import RunningSandbox, SandboxFactory
 from tests.integration.conftest import ProxyFactory, RunningProxy, held_tokens
+from tests.integration.rawhttp import serve_on_loopback
 from tests.integration.test_workers import Supervised, proxy_env, start_workers, wait_for
 from tests.redis_server import APPEND_ONLY, start_redis
 
@@ -339,8 +340,8 @@ class TricklingRedis:
         self.relays: dict[asyncio.Task[Any], list[asyncio.StreamWriter]] = {}
 
     async def start(self) -> str:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+        self.server, port = await serve_on_loopback(self._relay)
+        return f"redis://127.0.0.1:{port}/0"
 
     async def close(self) -> None:
         self.release.set()

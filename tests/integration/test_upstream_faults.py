@@ -20,6 +20,7 @@ import pytest
 from proxy.upstream import is_stale_connection
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import ProxyFactory, RunningProxy
+from tests.integration.rawhttp import serve_on_loopback
 from tests.integration.test_lifecycle import established_to, wait_until
 from tests.integration.test_replay import metric
 
@@ -110,8 +111,7 @@ class RawUpstream:
 @pytest.fixture
 async def raw_upstream() -> AsyncIterator[RawUpstream]:
     upstream = RawUpstream()
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await serve_on_loopback(upstream.serve)
     upstream.url = f"http://127.0.0.1:{port}"
     yield upstream
     server.close()
@@ -122,9 +122,13 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
 async def proxy_to(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, upstream: RawUpstream, **overrides: object
 ) -> RunningProxy:
-    return await proxy_factory(
+    """A proxy to ``upstream`` that has pooled connection 1 (a GET of /warm, answered 200)."""
+    proxy = await proxy_factory(
         upstream=upstream.url, token_url=f"{sandbox.url}/connect/token", **overrides
     )
+    async with proxy.client.get(proxy.url + "/warm") as response:
+        assert response.status == 200
+    return proxy
 
 
 async def stale_metric(proxy: RunningProxy, outcome: str) -> float:
@@ -180,8 +184,6 @@ async def test_stale_pooled_connection_is_retried_once_for_idempotent_methods(
     method: str,
 ) -> None:
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream)
-    async with proxy.client.get(proxy.url + "/warm") as response:  # pools connection 1
-        assert response.status == 200
     async with proxy.client.request(method, proxy.url + "/again", data=b"payload") as response:
         assert response.status == 200
         await response.read()
@@ -197,8 +199,6 @@ async def test_stale_pooled_connection_is_not_retried_for_post(
     """POST is not idempotent: upstream may have acted on it, so it is never resent. The
     client gets 502 upstream_unreachable and may decide itself; the failure is counted."""
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream)
-    async with proxy.client.get(proxy.url + "/warm") as response:
-        assert response.status == 200
     async with proxy.client.post(proxy.url + "/create", data=b"once") as response:
         assert response.status == 502
         assert (await response.json())["Error"]["Code"] == "upstream_unreachable"
@@ -213,8 +213,6 @@ async def test_stale_connection_during_a_streamed_upload_resends_the_whole_body(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox, raw_upstream: RawUpstream
 ) -> None:
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream, body_memory_limit=64 * 1024)
-    async with proxy.client.get(proxy.url + "/warm") as response:
-        assert response.status == 200
     data = bytes(range(256)) * (12 * 1024)  # 3 MiB: teed upstream and to the spool
     async with proxy.client.put(proxy.url + "/file", data=data) as response:
         assert response.status == 200
@@ -228,8 +226,6 @@ async def test_stale_connection_then_401_is_not_sent_a_third_time(
     """At most twice: the stale retry spent the one resend, so its 401 goes to the client."""
     raw_upstream.status = lambda seen: 401 if seen.connection == 2 else 200
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream)
-    async with proxy.client.get(proxy.url + "/warm") as response:
-        assert response.status == 200
     async with proxy.client.get(proxy.url + "/doc") as response:
         assert response.status == 401
     assert len(raw_upstream.seen) == 3  # warm-up, stale, retried: no replay on top
@@ -243,8 +239,6 @@ async def test_401_replay_is_never_followed_by_a_stale_retry(
     raw_upstream.stale_from = 3  # the replay goes out on the kept-alive connection: stale
     raw_upstream.status = lambda seen: 401 if seen.nth == 2 else 200
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream)
-    async with proxy.client.get(proxy.url + "/warm") as response:
-        assert response.status == 200
     async with proxy.client.get(proxy.url + "/doc") as response:
         assert response.status == 502
     # warm-up, the 401, the stale replay: nothing more
@@ -259,8 +253,6 @@ async def test_pool_idle_timeout_closes_idle_upstream_connections(
     before a load balancer's idle timeout can close them under a request."""
     raw_upstream.stale_from = None
     proxy = await proxy_to(proxy_factory, sandbox, raw_upstream, upstream_keepalive_timeout=0.3)
-    async with proxy.client.get(proxy.url + "/one") as response:
-        assert response.status == 200
     assert raw_upstream.open_connections == 1
     assert await wait_until(lambda: raw_upstream.open_connections == 0, timeout=3)
     async with proxy.client.get(proxy.url + "/two") as response:
