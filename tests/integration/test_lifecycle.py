@@ -15,31 +15,17 @@ import aiohttp
 from tests.conftest import RunningSandbox
 from tests.integration.conftest import LEAK, LogCapture, ProxyFactory
 from tests.integration.rawhttp import open_to
+from tests.open_files import open_fd_targets
 
 
 def open_spool_files() -> list[str]:
     """Request-body temp files this process still holds open (they are unlinked at once)."""
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if "aspose-proxy-body" in target or "/spool" in target:
-            names.append(target)
-    return names
+    return [t for t in open_fd_targets() if "aspose-proxy-body" in t or "/spool" in t]
 
 
 def established_to(port: int) -> int:
     """TCP connections of this process to 127.0.0.1:``port``, from /proc/net/tcp."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = {t[8:-1] for t in open_fd_targets() if t.startswith("socket:[")}
     count = 0
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:

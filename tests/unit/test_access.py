@@ -26,11 +26,7 @@ from proxy.settings import Settings, SettingsError, load_settings
 KEY = "ci-job-key-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("ASPOSE_PROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 def rules(**overrides: Any) -> AccessRules:

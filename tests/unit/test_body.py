@@ -16,6 +16,7 @@ from aiohttp import StreamReader
 
 from proxy.body import SLOW_WRITES, RequestBody, SpoolSpace, TeeBody
 from proxy.errors import BodyTooLarge, InsufficientStorage, RequestTimeout
+from tests.open_files import open_fd_targets
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -62,15 +63,7 @@ def payload(n: int, seed: int = 1) -> bytes:
 
 def open_files_in(directory: Path) -> list[str]:
     """Paths of this process's open file descriptors that live in ``directory``."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{directory}/"):
-            found.append(target)
-    return found
+    return [t for t in open_fd_targets() if t.startswith(f"{directory}/")]
 
 
 @pytest.fixture

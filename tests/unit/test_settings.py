@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ from proxy.settings import Settings, SettingsError, load_settings
 SECRET = "Hunter2-very-secret-value"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ASPOSE_PROXY_* variable from the developer's shell leaks into a test."""
-    for name in list(os.environ):
-        if name.upper().startswith("ASPOSE_PROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 def write_toml(tmp_path: Path, text: str, name: str = "proxy.toml") -> Path:

@@ -3,7 +3,6 @@ line per rejected value with its source and a valid example."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ from proxy.settings import SettingsError, load_settings
 SECRET = "a-secret-long-enough-to-redact"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("ASPOSE_PROXY_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
 
 
 def problems(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[str]:
