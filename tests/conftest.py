@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,14 @@ from aiohttp import web
 from proxy.sandbox import STATE, SandboxConfig, create_sandbox_app
 
 pytest_plugins = ("tests.redis_server",)  # the redis_server / redis_url fixtures
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ASPOSE_PROXY_* variable from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("ASPOSE_PROXY_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

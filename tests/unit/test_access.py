@@ -26,7 +26,7 @@ from proxy.settings import Settings, SettingsError, load_settings
 KEY = "ci-job-key-0123456789"
 
 
-pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def rules(**overrides: Any) -> AccessRules:

@@ -13,7 +13,7 @@ from proxy.settings import Settings, SettingsError, load_settings
 SECRET = "Hunter2-very-secret-value"
 
 
-pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def write_toml(tmp_path: Path, text: str, name: str = "proxy.toml") -> Path:

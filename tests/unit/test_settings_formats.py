@@ -13,7 +13,7 @@ from proxy.settings import SettingsError, load_settings
 SECRET = "a-secret-long-enough-to-redact"
 
 
-pytestmark = pytest.mark.usefixtures("clean_env")  # tests/unit/conftest.py
+pytestmark = pytest.mark.usefixtures("clean_env")  # tests/conftest.py
 
 
 def problems(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[str]:
