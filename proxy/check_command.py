@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from proxy.credentials import Credentials
 from proxy.settings import LoadedSettings, Settings
-from proxy.token_client import TokenFetchError, request_token
-from proxy.token_schedule import Decision, Outcome, Schedule, open_schedule, wall_time
+from proxy.token_client import TokenFetchError, recorded_request, request_token
+from proxy.token_schedule import Decision, Schedule, open_schedule, wall_time
 
 # The two hosts that issue Aspose Cloud tokens (docs/troubleshooting.md#invalid_client).
 TOKEN_HOSTS = {
@@ -54,26 +54,14 @@ async def _check(
     )
     from proxy.upstream import Egress, create_token_session
 
-    outcome: Outcome = "error"
-    error: TokenFetchError | None = None
     # The same TLS trust (ca_file) and egress proxy as the running proxy's token requests.
     async with create_token_session(Egress.from_settings(settings)) as session:
-        try:
-            answer = await request_token(session, settings, credentials)
-            outcome = "ok"
-        except TokenFetchError as exc:
-            outcome, error = exc.outcome, exc
-        finally:  # also on Ctrl+C: the schedule learns what was sent
-            await schedule.record(
-                decision.ticket,
-                credentials,
-                outcome,
-                reason=error.reason if error else "",
-                retry_after=error.retry_after if error else None,
-            )
-    if error is not None:
+        answer = await recorded_request(
+            schedule, decision, credentials, lambda c: request_token(session, settings, c)
+        )  # also on Ctrl+C: the schedule learns what was sent
+    if isinstance(answer, TokenFetchError):
         after = await schedule.ask(credentials, have_token=False, reserve=False)
-        complain(explain(error, loaded, after, schedule))
+        complain(explain(answer, loaded, after, schedule))
         return 1
     expires = datetime.fromtimestamp(time.time() + answer.expires_in, UTC)
     say(

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -26,7 +27,7 @@ import aiohttp
 
 from proxy.credentials import Credentials
 from proxy.settings import Settings
-from proxy.token_schedule import Outcome
+from proxy.token_schedule import Decision, Outcome, Schedule
 from proxy.upstream import describe_tls_error
 
 DEFAULT_LIFETIME = 86400.0
@@ -62,6 +63,36 @@ class TokenFetchError(Exception):
 class TokenAnswer:
     access_token: str
     expires_in: float
+
+
+async def recorded_request(
+    schedule: Schedule,
+    decision: Decision,
+    credentials: Credentials,
+    fetch: Callable[[Credentials], Awaitable[TokenAnswer]],
+) -> TokenAnswer | TokenFetchError:
+    """The token request ``decision`` allowed, its outcome recorded in ``schedule`` even when
+    cancelled (the slot goes back; the schedule learns what was sent). A failure is returned,
+    not raised; an unexpected exception (a bug, an odd client error) is one too, so it still
+    backs off."""
+    outcome: Outcome = "error"
+    error: TokenFetchError | None = None
+    try:
+        answer = await fetch(credentials)
+        outcome = "ok"
+    except TokenFetchError as exc:
+        outcome, error = exc.outcome, exc
+    except Exception as exc:
+        error = TokenFetchError(f"token fetch failed ({type(exc).__name__})")
+    finally:
+        await schedule.record(
+            decision.ticket,
+            credentials,
+            outcome,
+            reason=error.reason if error else "",
+            retry_after=error.retry_after if error else None,
+        )
+    return answer if error is None else error
 
 
 async def request_token(

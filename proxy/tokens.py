@@ -39,8 +39,8 @@ from pydantic import SecretStr
 from proxy.credentials import Credentials
 from proxy.errors import TokenUnavailable
 from proxy.metrics import Metrics
-from proxy.token_client import TokenAnswer, TokenFetchError
-from proxy.token_schedule import Decision, MemoryStore, Outcome, Schedule
+from proxy.token_client import TokenAnswer, TokenFetchError, recorded_request
+from proxy.token_schedule import Decision, MemoryStore, Schedule
 
 if TYPE_CHECKING:  # loaded only with Redis (cryptography is heavy)
     from proxy.token_sharing import TokenShare
@@ -298,26 +298,10 @@ class TokenCache:
             raise TokenFetchError(
                 decision.reason, rejected=decision.rejected, rate_limited=decision.rate_limited
             )
-        outcome: Outcome = "error"
-        error: TokenFetchError | None = None
-        try:
-            answer = await self._fetch(credentials)
-            outcome = "ok"
-        except TokenFetchError as exc:
-            outcome, error = exc.outcome, exc
-        except Exception as exc:  # a bug or an unexpected client error: still back off
-            error = TokenFetchError(f"token fetch failed ({type(exc).__name__})")
-        finally:  # also when cancelled: give the slot back
-            await self._schedule.record(
-                decision.ticket,
-                credentials,
-                outcome,
-                reason=error.reason if error else "",
-                retry_after=error.retry_after if error else None,
-            )
-        if error is not None:
-            await self._failed(error, credentials, rotation)
-            raise error
+        answer = await recorded_request(self._schedule, decision, credentials, self._fetch)
+        if isinstance(answer, TokenFetchError):
+            await self._failed(answer, credentials, rotation)
+            raise answer
         token = Token(answer.access_token, answer.expires_in, self._clock(), self._rng.random())
         if token.usable_until <= self._clock():
             error = TokenFetchError("the token endpoint sent a token that has already expired")
