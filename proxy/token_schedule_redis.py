@@ -40,12 +40,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from proxy.redis_url import connect
 from proxy.token_fingerprints import Fingerprints
 from proxy.token_sharing import TokenShare
 
@@ -99,13 +99,7 @@ class RedisScheduleStore:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
-            url,
-            password=password.get_secret_value() if password else None,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            decode_responses=True,
-        )
+        self._client = connect(url, password, TIMEOUT, decode_responses=True)
         self._write = self._client.register_script(WRITE)
         self.key = state_key(client_id)
         self._new_state = new_state

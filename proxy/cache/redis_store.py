@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from proxy.cache.store import CHUNK, CorruptEntry, EntryMeta, Stats, body_digest
+from proxy.redis_url import connect
 
 PREFIX = "aspose-proxy:cache:"
 TIMEOUT = 5.0
@@ -108,12 +109,7 @@ class RedisStore:
         self.description = url  # the settings refuse a password inside the URL
         self.ttl = ttl
         self.evictions = 0  # Redis evicts by itself (maxmemory): its INFO counts them
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            password=password.get_secret_value() if password else None,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-        )
+        self.client: aioredis.Redis = connect(url, password, TIMEOUT)
 
     async def open(self) -> None:
         await self.client.ping()

@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from proxy.redis_url import connect
 from proxy.usage.store import LEASE_SHARE, Batch, Bucket, Ledger, Row, current_hour, three
 
 PREFIX = "aspose-proxy:"
@@ -87,13 +88,7 @@ class RedisStore:
 
     def __init__(self, url: str, password: SecretStr | None = None) -> None:
         self.description = url  # the settings refuse a password inside the URL
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            password=password.get_secret_value() if password else None,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            decode_responses=True,
-        )
+        self._client: aioredis.Redis = connect(url, password, TIMEOUT, decode_responses=True)
         self._reserve = self._client.register_script(RESERVE)
         self._take = self._client.register_script(TAKE)
 
