@@ -117,6 +117,14 @@ async def start_workers(
         assert not LEAK.findall(running.log)
 
 
+@pytest.fixture
+async def two_workers(start_workers: Callable[..., Any]) -> Supervised:
+    """``run --workers 2`` with both workers up."""
+    running = await start_workers("--workers", "2")
+    assert await wait_for(lambda: len(running.workers()) == 2)
+    return running
+
+
 def replaced(running: Supervised, pid: int) -> bool:
     """Two workers again, and ``pid`` is not one of them."""
     pids = {w.pid for w in running.workers()}
@@ -133,10 +141,9 @@ async def request_ids(running: Supervised, count: int) -> list[str]:
 
 
 async def test_two_workers_share_one_port_each_with_its_own_request_ids(
-    start_workers: Callable[..., Any], sandbox: RunningSandbox
+    two_workers: Supervised, sandbox: RunningSandbox
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     ids = await request_ids(running, 40)
     assert len(set(ids)) == len(ids)  # unique across workers
     prefixes = {i[:16] for i in ids}
@@ -151,10 +158,9 @@ async def test_two_workers_share_one_port_each_with_its_own_request_ids(
 
 
 async def test_metrics_are_per_worker_and_carry_its_pid(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     pids = {str(w.pid) for w in running.workers()}
     seen: set[str] = set()
     # One kept-alive session, as a Prometheus scraper has: /metrics closes the connection, so
@@ -186,11 +192,10 @@ async def test_an_unknown_variable_is_warned_about_once_not_per_worker(
 
 
 async def test_workers_open_the_persistent_token_schedule_from_their_settings(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
     """One fact, one place: no env var or run-dir file names the schedule (issue 18)."""
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     assert schedule_file(Settings()).exists()  # next to the usage store, outliving the run
     for worker in running.workers():
         assert not any("TOKEN_STATE" in name for name in worker.environ())
@@ -240,10 +245,9 @@ async def test_a_local_token_from_one_worker_is_accepted_by_the_others(
 
 
 async def test_a_worker_that_dies_is_replaced_within_seconds_with_a_log_line(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     victim = running.workers()[0]
     victim.kill()
     assert await wait_for(
@@ -261,10 +265,9 @@ async def test_a_worker_that_dies_is_replaced_within_seconds_with_a_log_line(
 
 
 async def test_a_worker_that_keeps_dying_young_is_replaced_ever_more_slowly(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     victim = running.workers()[0].pid
     for deaths in (1, 2):  # the same slot: kill its worker, then the worker that replaced it
         before = {w.pid for w in running.workers()}
@@ -277,10 +280,9 @@ async def test_a_worker_that_keeps_dying_young_is_replaced_ever_more_slowly(
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     workers = running.workers()
     slow = [asyncio.create_task(running.get("/v4.0/sandbox/delay?seconds=1.5")) for _ in range(6)]
     await asyncio.sleep(0.5)
@@ -297,10 +299,9 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
 
 
 async def test_sighup_is_passed_on_to_every_worker(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     pids = {w.pid for w in running.workers()}
     running.process.send_signal(signal.SIGHUP)
     assert await wait_for(lambda: '"signal": "SIGHUP", "workers": 2' in running.log)
@@ -311,10 +312,9 @@ async def test_sighup_is_passed_on_to_every_worker(
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(
-    start_workers: Callable[..., Any],
+    two_workers: Supervised,
 ) -> None:
-    running = await start_workers("--workers", "2")
-    assert await wait_for(lambda: len(running.workers()) == 2)
+    running = two_workers
     workers = running.workers()
     command = workers[0].cmdline()
     run_dir = Path(command[command.index("--run-dir") + 1])
