@@ -22,6 +22,7 @@ from proxy.errors import (
 )
 from proxy.log_setup import REDACTED, Redactor, configure_logging, short_secrets
 from proxy.settings import Settings, SettingsError, load_settings
+from tests.path_escapes import ESCAPES
 
 KEY = "ci-job-key-0123456789"
 
@@ -407,14 +408,7 @@ def test_paths_under_an_allowed_prefix_pass(path: str) -> None:
     [
         "/v4.0/cells/x",
         "/v4.0/wordsmith/x",  # prefixes match whole segments
-        "/v4.0/words/../cells/x",
-        "/v4.0/words/%2e%2e/cells/x",
-        "/v4.0/words/%2E%2E/cells/x",
-        "/v4.0/words/..%2fcells/x",
-        "/v4.0/words/..%2Fcells/x",
-        "/v4.0/words/.%2e/cells/x",
-        "/v4.0/words/%2e./cells/x",
-        "/v4.0/words/./../cells/x",
+        *ESCAPES,
         "/v4.0/words/.",
         "/v4.0/words/..",
         "/v4.0/words/..;x/cells",
