@@ -182,11 +182,16 @@ class AccessRules:
                 f"The address {remote or '(unknown)'} is not in the proxy's {setting} setting."
             )
 
-    def admits(self, remote: str | None) -> bool:
-        """Whether ``allow_from`` admits ``remote`` (for answers that skip the guards)."""
+    def admits(
+        self, remote: str | None, host: str | None, origin: str | None, fetch_site: str | None
+    ) -> bool:
+        """Whether the address, Host and browser rules admit a caller (for answers that skip
+        the guards: a DNS-rebound page from an admitted address is not admitted)."""
         try:
             self.check_address(remote)
-        except AddressNotAllowed:
+            self.check_host_header(host)
+            self.check_browser(origin, fetch_site)
+        except (AddressNotAllowed, HostNotAllowed, OriginNotAllowed):
             return False
         return True
 

@@ -9,9 +9,17 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from aiohttp.hdrs import HOST, ORIGIN
 
 from proxy import health, local_tokens, reload, status_page
-from proxy.access import NO_LOCAL_CLIENTS, AccessControl, AccessRules, RouteKind, startup_warnings
+from proxy.access import (
+    FETCH_SITE,
+    NO_LOCAL_CLIENTS,
+    AccessControl,
+    AccessRules,
+    RouteKind,
+    startup_warnings,
+)
 from proxy.auth_failures import AuthFailures
 from proxy.cache.engines import open_cache_store
 from proxy.cache.step import ConversionCache
@@ -136,7 +144,12 @@ def create_app(settings: Settings, *, local_token_key: bytes | None = None) -> w
         metrics=metrics,
         usage=usage,
         pipeline=pipeline,
-        admits=lambda remote: access.rules.admits(remote),  # the rules in force
+        admits=lambda request: access.rules.admits(
+            request.remote,
+            request.headers.get(HOST),
+            request.headers.get(ORIGIN),
+            request.headers.get(FETCH_SITE),
+        ),  # the rules in force
         cache=cache,
     )
     return app

@@ -21,11 +21,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Probes skip the access guards (kubelet calls from the node): only callers admitted by
-    ``allow_from`` read why the proxy is not ready."""
+    ``allow_from`` and the Host and browser rules read why the proxy is not ready."""
     state = request.app[STATE]
     tokens = state.tokens
     reason = tokens.not_ready_reason if tokens else "starting"
-    admitted = state.admits(request.remote)
+    admitted = state.admits(request)
     answer: dict[str, Any] = {"status": "ready"}
     if reason is not None:
         answer = {"status": "not ready", "reason": reason}

@@ -29,8 +29,8 @@ class ProxyState:
     metrics: Metrics
     usage: Usage
     pipeline: Pipeline
-    # Whether the access rules in force admit an address (readiness details for admitted callers).
-    admits: Callable[[str | None], bool]
+    # Whether the access rules in force admit a request (readiness details for admitted callers).
+    admits: Callable[[web.Request], bool]
     cache: ConversionCache | None = None  # cache_store = "off": no cache step at all
     tokens: TokenCache | None = None  # set once the upstream sessions exist
     # Set before start-up to replace the persistent token schedule (the demo's isolation) or

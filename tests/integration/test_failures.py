@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -65,6 +66,38 @@ async def test_readyz_gives_callers_outside_allow_from_a_generic_reason(
     assert "/_proxy/" in reason
     for detail in ("invalid_client", "demo", sandbox.url, "connect/token"):
         assert detail not in reason
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "rebound.example"},
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+    ids=["dns-rebound-host", "foreign-origin", "cross-site-page"],
+)
+async def test_readyz_gives_a_web_page_from_an_admitted_address_a_generic_reason(
+    proxy_factory: ProxyFactory, sandbox: RunningSandbox, headers: dict[str, str]
+) -> None:
+    # Issue 16: a DNS-rebound or cross-site page runs on an address allow_from admits
+    # (127.0.0.1); it must not read the detail (client_id, token URL) either.
+    await sandbox.control("rotate-secret", {"client_secret": "not-what-the-proxy-has"})
+    proxy = await proxy_factory()
+    for _ in range(100):
+        async with proxy.client.get(proxy.url + "/readyz") as response:
+            assert response.status == 503
+            detailed = (await response.json())["reason"]
+        if "invalid_client" in detailed:
+            break
+        await asyncio.sleep(0.05)
+    assert "invalid_client" in detailed  # the plain caller (curl, a probe) gets the detail
+    async with proxy.client.get(proxy.url + "/readyz", headers=headers) as response:
+        assert response.status == 503
+        answer = await response.json()
+    assert "/_proxy/" in answer["reason"]
+    for detail in ("invalid_client", "demo", sandbox.url, "connect/token"):
+        assert detail not in json.dumps(answer)
 
 
 async def test_failing_token_endpoint_gives_503_and_backs_off(
