@@ -490,6 +490,12 @@ class TeeBody(RequestBody):
                 self._start_write()
 
     def close(self) -> None:
+        # The failure's traceback holds stream()'s frame (which holds this body, the client's
+        # stream and its buffers) and aiohttp's body writer, which keeps the failure as the
+        # cause of its own error: cycles only a full collection would free. Cut both here.
+        if self.failure is not None:
+            self.failure.__traceback__ = None
+            self.failure = None
         self._stop_deadline()
         self._give_back_space()
         writing, spool = self._writing, self._file

@@ -1,11 +1,11 @@
 """No reference cycles on the request path (issue 15, item 6).
 
-A request that ends in an exception (a client that aborts an upload or drops a download, an
-upstream that resets or times out, a refusal)
-once left cycles (exception -> traceback -> frame -> the exception, or the request's buffers)
-that only a full collection freed: with a young-generation threshold of 10,000 the soak grew
-by 30 MiB. With the collector off and ``gc.DEBUG_SAVEALL`` on, whatever a collection would
-have freed lands in ``gc.garbage``: none of it may be the proxy's.
+A request that ends in an exception (a client that aborts an upload, streamed or not, or drops
+a download, an upstream that resets or times out, a refusal) once left cycles (exception ->
+traceback -> frame -> the exception, or the request's buffers) that only a full collection
+freed: with a young-generation threshold of 10,000 the soak grew by 30 MiB. With the collector
+off and ``gc.DEBUG_SAVEALL`` on, whatever a collection would have freed lands in
+``gc.garbage``: none of it may be the proxy's.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def _the_proxys(garbage: list[object]) -> Iterator[str]:
             yield f"request {obj.method} {obj.raw_path}"
 
 
-async def _aborted_upload(proxy: RunningProxy) -> None:
+async def _aborted_upload(proxy: RunningProxy, declared: int) -> None:
     _, writer = await open_to(proxy.url)
     writer.write(
-        f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n".encode()
+        f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n\r\n".encode()
         + b"x" * 300_000
     )
     await writer.drain()
@@ -72,7 +72,10 @@ async def _requests_that_end_in_exceptions(proxy: RunningProxy, sandbox: Running
     with pytest.raises(aiohttp.ClientPayloadError):
         async with client.get(proxy.url + ECHO) as response:
             await response.read()
-    await _aborted_upload(proxy)
+    await _aborted_upload(proxy, 1_000_000)  # read whole before it is sent
+    # Streamed upstream as it arrives (over body_memory_limit): the tee kept the client's
+    # error, whose traceback holds the tee's frame, and aiohttp's body writer its own cause.
+    await _aborted_upload(proxy, 10_000_000)
     await _dropped_download(proxy)
     await asyncio.sleep(0.3)  # the proxy notices the aborts
 
