@@ -45,3 +45,9 @@ class Fingerprints:
 def _digest(salt: str, credentials: Credentials) -> str:
     message = credentials.client_id.encode() + b"\0" + credentials.secret.encode()
     return hmac.new(bytes.fromhex(salt), message, hashlib.sha256).hexdigest()[:24]
+
+
+def client_digest(client_id: str) -> str:
+    """Names an application (its ``client_id``, never the secret) in shared keys: the token
+    schedule's, and the budgets' and rate limits' (issue 17), so no client_id is in Redis."""
+    return hashlib.sha256(client_id.encode()).hexdigest()[:32]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import hashlib
 import json
 import time
 import uuid
@@ -46,7 +45,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from proxy.redis_url import connect
-from proxy.token_fingerprints import Fingerprints
+from proxy.token_fingerprints import Fingerprints, client_digest
 from proxy.token_sharing import TokenShare
 
 log = structlog.get_logger("proxy.token_schedule")
@@ -75,11 +74,6 @@ return 1
 
 class StateLost(Exception):
     """This process's lock expired before it wrote: its decision was not recorded."""
-
-
-def client_digest(client_id: str) -> str:
-    """Names ``client_id`` in Redis keys, so no client_id is in Redis."""
-    return hashlib.sha256(client_id.encode()).hexdigest()[:32]
 
 
 def state_key(client_id: str) -> str:

@@ -14,14 +14,17 @@ from proxy.usage.rules import OFF, sqlite_path
 from proxy.usage.store import UsageStore
 
 
-def open_store(url: str, password: SecretStr | None = None, *, create: bool = True) -> UsageStore:
-    """The store for a ``usage_store`` URL, not yet opened (``create``: make a missing file)."""
+def open_store(
+    url: str, password: SecretStr | None = None, *, create: bool = True, application: str = ""
+) -> UsageStore:
+    """The store for a ``usage_store`` URL, not yet opened (``create``: make a missing file;
+    ``application``: whose budgets and rate limits its ledger holds, see ``store.app_key``)."""
     if url == OFF:
         return MemoryStore()
     if url.startswith("sqlite://"):
         from proxy.usage.sqlite import SqliteStore
 
-        return SqliteStore(sqlite_path(url), create=create)
+        return SqliteStore(sqlite_path(url), create=create, application=application)
     from proxy.usage.redis import RedisStore
 
-    return RedisStore(url, password)
+    return RedisStore(url, password, application)

@@ -22,6 +22,7 @@ from proxy.bounded_cache import BoundedCache
 from proxy.errors import ProxyError
 from proxy.exchange import CLIENT_CLOSED, EXCHANGE, Exchange
 from proxy.settings import Settings
+from proxy.token_fingerprints import client_digest
 from proxy.usage.budgets import Budgets
 from proxy.usage.counter import STATUS_CLASSES, UsageCounter, classify
 from proxy.usage.factory import open_store
@@ -54,7 +55,13 @@ class Usage:
     """What the app keeps for accounting: the store, the counter and the rules in force."""
 
     def __init__(self, settings: Settings) -> None:
-        self.store = open_store(settings.usage_store, settings.usage_store_password)
+        # Budgets and rate limits are the application's own, keyed by its client_id's
+        # fingerprint as the token schedule is: two applications never share them (issue 17).
+        self.store = open_store(
+            settings.usage_store,
+            settings.usage_store_password,
+            application=client_digest(settings.client_id),
+        )
         self.counter = UsageCounter(self.store, flush_interval=settings.usage_flush_interval)
         self.outage = Outage()  # one log line per store outage, for budgets and rates alike
         shared = self.store.ledger

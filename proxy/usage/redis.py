@@ -14,7 +14,16 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from proxy.redis_url import connect
-from proxy.usage.store import LEASE_SHARE, Batch, Bucket, Ledger, Row, current_hour, three
+from proxy.usage.store import (
+    LEASE_SHARE,
+    Batch,
+    Bucket,
+    Ledger,
+    Row,
+    app_key,
+    current_hour,
+    three,
+)
 
 PREFIX = "aspose-proxy:"
 HOUR_TTL = 400 * 86400  # a year of hourly counts is enough for any month view, and small
@@ -22,13 +31,18 @@ TIMEOUT = 2.0  # seconds: a slow Redis never holds a request long
 SEP = "\t"
 COUNTS = ("calls", "errors", "cached")  # hash field prefixes
 
-# KEYS: the pools' counters; ARGV[1]: ttl; ARGV[2]: most; ARGV[2 + i]: the limit of KEYS[i];
-# ARGV[3 + #KEYS]: LEASE_SHARE. Adds n to every pool (1 <= n <= most, at most a LEASE_SHARE-th
-# of the tightest pool's room, as lease_size says) or to none: {n, values...} or {-i}.
+# KEYS[1..c]: the pools' counters, then KEYS[c + i]: the legacy key of KEYS[i] (store.app_key),
+# whose count a counter that does not exist yet starts from; ARGV[1]: ttl; ARGV[2]: most;
+# ARGV[2 + i]: the limit of KEYS[i]; ARGV[c + 3]: LEASE_SHARE. Adds n to every pool (1 <= n <=
+# most, at most a LEASE_SHARE-th of the tightest pool's room, as lease_size says) or to none:
+# {n, values...} or {-i}.
 RESERVE = """
+local c = #KEYS / 2
+local used = {}
 local room = nil
-for i, key in ipairs(KEYS) do
-    local free = tonumber(ARGV[i + 2]) - tonumber(redis.call('GET', key) or '0')
+for i = 1, c do
+    used[i] = tonumber(redis.call('GET', KEYS[i]) or redis.call('GET', KEYS[c + i]) or '0')
+    local free = tonumber(ARGV[i + 2]) - used[i]
     if free < 1 then
         return {-i}
     end
@@ -36,13 +50,14 @@ for i, key in ipairs(KEYS) do
         room = free
     end
 end
-local share = tonumber(ARGV[#KEYS + 3])
+local share = tonumber(ARGV[c + 3])
 local n = math.max(1, math.min(tonumber(ARGV[2]), math.floor(room / share)))
 local values = {n}
-for i, key in ipairs(KEYS) do
-    values[i + 1] = redis.call('INCRBY', key, n)
-    if redis.call('TTL', key) < 0 then
-        redis.call('EXPIRE', key, ARGV[1])
+for i = 1, c do
+    values[i + 1] = used[i] + n
+    redis.call('SET', KEYS[i], values[i + 1], 'KEEPTTL')
+    if redis.call('TTL', KEYS[i]) < 0 then
+        redis.call('EXPIRE', KEYS[i], ARGV[1])
     end
 end
 return values
@@ -83,14 +98,31 @@ return {n, '0'}
 """
 
 
-class RedisStore:
-    """``redis://host:port/db``; the password comes from ``usage_store_password``."""
+# KEYS[1]: a counter, KEYS[2]: its legacy key; ARGV[1]: calls counted, ARGV[2]: ttl. Starts a
+# counter that does not exist at the larger of the calls counted and its legacy count.
+SEED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    local legacy = tonumber(redis.call('GET', KEYS[2]) or '0')
+    redis.call('SET', KEYS[1], math.max(tonumber(ARGV[1]), legacy), 'EX', ARGV[2])
+end
+return 0
+"""
 
-    def __init__(self, url: str, password: SecretStr | None = None) -> None:
+
+class RedisStore:
+    """``redis://host:port/db``; the password comes from ``usage_store_password``. Budget
+    counters and rate buckets are ``application``'s own (``store.app_key``)."""
+
+    def __init__(self, url: str, password: SecretStr | None = None, application: str = "") -> None:
         self.description = url  # the settings refuse a password inside the URL
+        self._application = application
         self._client: aioredis.Redis = connect(url, password, TIMEOUT, decode_responses=True)
         self._reserve = self._client.register_script(RESERVE)
         self._take = self._client.register_script(TAKE)
+        self._seed = self._client.register_script(SEED)
+
+    def _key(self, key: str) -> str:
+        return PREFIX + app_key(self._application, key)
 
     @property
     def ledger(self) -> Ledger | None:
@@ -133,27 +165,34 @@ class RedisStore:
     async def reserve(
         self, keys: Sequence[str], limits: Sequence[int], ttl: int, most: int = 1
     ) -> list[int]:
+        own = [self._key(k) for k in keys]
         values: list[Any] = await self._reserve(
-            keys=[PREFIX + k for k in keys], args=[ttl, most, *limits, LEASE_SHARE]
+            keys=[*own, *(PREFIX + k for k in keys)], args=[ttl, most, *limits, LEASE_SHARE]
         )
         return [int(v) for v in values]
 
     async def release(self, keys: Sequence[str], count: int = 1) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.decrby(PREFIX + key, count)
+                pipe.decrby(self._key(key), count)
             await pipe.execute()
 
     async def seed(self, key: str, value: int, ttl: int) -> None:
-        await self._client.set(PREFIX + key, value, ex=ttl, nx=True)
+        await self._seed(keys=[self._key(key), PREFIX + key], args=[value, ttl])
 
     async def peek(self, keys: Sequence[str]) -> list[int]:
-        values: list[bytes | str | None] = await self._client.mget([PREFIX + k for k in keys])
-        return [int(v or 0) for v in values]
+        own = [self._key(k) for k in keys]
+        found: list[bytes | str | None] = await self._client.mget(
+            [*own, *(PREFIX + k for k in keys)]
+        )
+        values, legacy = found[: len(keys)], found[len(keys) :]
+        return [
+            int(v if v is not None else old or 0) for v, old in zip(values, legacy, strict=True)
+        ]
 
     async def take(self, buckets: Sequence[Bucket], most: int = 1) -> tuple[int, float]:
         args: list[float] = [most, LEASE_SHARE]
         for bucket in buckets:
             args += (bucket.rate, bucket.burst)
-        n, wait = await self._take(keys=[PREFIX + bucket.key for bucket in buckets], args=args)
+        n, wait = await self._take(keys=[self._key(bucket.key) for bucket in buckets], args=args)
         return int(n), float(wait)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.usage.store import Batch, Bucket, Ledger, Row, lease_of, taken, three
+from proxy.usage.store import Batch, Bucket, Ledger, Row, app_key, lease_of, taken, three
 
 T = TypeVar("T")
 
@@ -57,10 +57,13 @@ GROUP BY client, product, kind
 
 
 class SqliteStore:
-    """``sqlite:///path/usage.db``; every call runs on the store's own single thread."""
+    """``sqlite:///path/usage.db``; every call runs on the store's own single thread. Budget
+    counters and rate buckets are ``application``'s own (``store.app_key``): two proxies for
+    different applications may share the file (the default path is per user, not per app)."""
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, application: str = "") -> None:
         self.path = path
+        self._application = application
         self.description = f"sqlite://{path}"
         self._create = create
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-sqlite")
@@ -134,6 +137,7 @@ class SqliteStore:
         now = time.time()
         with self._immediate() as db:  # commits, or rolls back on an error
             values = [self._value(db, key, now) for key in keys]
+            keys = [self._key(key) for key in keys]
             n = lease_of(values, limits, most)
             if n < 0:
                 return [n]
@@ -145,17 +149,24 @@ class SqliteStore:
                 )
             return [n, *(value + n for value in values)]
 
-    @staticmethod
-    def _value(db: sqlite3.Connection, key: str, now: float) -> int:
-        row = db.execute("SELECT value, expires FROM ledger WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row is not None and row[1] > now else 0
+    def _key(self, key: str) -> str:
+        return app_key(self._application, key)
+
+    def _value(self, db: sqlite3.Connection, key: str, now: float) -> int:
+        """The count of ``key`` for this application; while it has none, the legacy count."""
+        for name in dict.fromkeys((self._key(key), key)):
+            row = db.execute("SELECT value, expires FROM ledger WHERE key = ?", (name,)).fetchone()
+            if row is not None and row[1] > now:
+                return int(row[0])
+        return 0
 
     async def release(self, keys: Sequence[str], count: int = 1) -> None:
         def release() -> None:
             with self._immediate() as db:
                 for key in keys:
                     db.execute(
-                        "UPDATE ledger SET value = MAX(0, value - ?) WHERE key = ?", (count, key)
+                        "UPDATE ledger SET value = MAX(0, value - ?) WHERE key = ?",
+                        (count, self._key(key)),
                     )
 
         await self._run(release)
@@ -166,7 +177,11 @@ class SqliteStore:
             with self._immediate() as db:
                 db.execute("DELETE FROM ledger WHERE expires <= ?", (now,))
                 db.execute("DELETE FROM buckets WHERE expires <= ?", (now,))
-                db.execute("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)", (key, value, now + ttl))
+                start = max(value, self._value(db, key, now))  # the legacy count, if larger
+                db.execute(
+                    "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
+                    (self._key(key), start, now + ttl),
+                )
 
         await self._run(seed)
 
@@ -190,7 +205,7 @@ class SqliteStore:
             for bucket in buckets:
                 row = db.execute(
                     "SELECT tokens, stamp FROM buckets WHERE key = ? AND expires > ?",
-                    (bucket.key, now),
+                    (self._key(bucket.key), now),
                 ).fetchone()
                 levels.append(bucket.level(row, now))
             n, wait = taken(buckets, levels, most)
@@ -199,7 +214,7 @@ class SqliteStore:
             for bucket, level in zip(buckets, levels, strict=True):
                 db.execute(
                     "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)",
-                    (bucket.key, level - n, now, now + bucket.ttl),
+                    (self._key(bucket.key), level - n, now, now + bucket.ttl),
                 )
         return n, 0.0
 

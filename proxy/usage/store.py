@@ -80,6 +80,14 @@ class Bucket:
 LEASE_SHARE = 100
 
 
+def app_key(application: str, key: str) -> str:
+    """``key`` of one application's ledger (issue 17): two applications sharing a store never
+    share a budget or a rate bucket. ``application`` is ``token_fingerprints.client_digest``
+    of its client_id ('' for none: the key as it was named before, the "legacy" key that a
+    missing counter starts from once, so an upgrade mid-period does not refill a budget)."""
+    return f"app:{application}:{key}" if application else key
+
+
 def lease_size(room: float, most: int) -> int:
     """How many of ``room`` (>= 1) calls or tokens one lease takes: 1 to ``most``."""
     return max(1, min(most, int(room // LEASE_SHARE)))

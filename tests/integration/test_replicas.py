@@ -409,3 +409,36 @@ async def test_a_redis_that_answers_a_byte_at_a_time_stalls_no_health_check_or_f
         assert (await proxy.get(DISC, timeout=timeout))[0] == 200
     finally:
         await relay.close()
+
+
+# -- two applications on one store: never one budget or one rate bucket -----------------------
+
+
+@pytest.mark.parametrize("engine", ["redis", "sqlite"])
+async def test_two_applications_on_one_store_each_get_their_own_budget_of_3(
+    engine: str,
+    sandbox: RunningSandbox,
+    sandbox_factory: SandboxFactory,
+    proxy_factory: ProxyFactory,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """Was: 200 200 200 through the first application's proxy, then 429 429 429 for the other."""
+    store = request.getfixturevalue("redis_url") if engine == "redis" else None
+    store = store or f"sqlite://{tmp_path / 'usage.db'}"
+    other_app = await sandbox_factory(client_id="other-app", client_secret="other-app-secret-0")
+    budget = {"usage_store": store, "budgets": [{"client": "*", "calls": 3}]}
+    first = await proxy_factory(**budget)
+    second = await proxy_factory(
+        other_app.url,
+        client_id="other-app",
+        client_secret=SecretStr("other-app-secret-0"),
+        **budget,
+    )
+    for proxy in (first, second):
+        statuses = []
+        for _ in range(4):
+            async with proxy.client.get(proxy.url + DISC) as response:
+                await response.read()
+                statuses.append(response.status)
+        assert statuses == [200, 200, 200, 429], statuses

@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from proxy.token_fingerprints import client_digest
 from proxy.usage.store import Bucket, Ledger, UsageStore
 from tests.unit.test_usage_store import new_store
 
 __all__ = ["new_store"]  # the fixture: one SQLite file or one Redis, opened per "process"
-Opener = Callable[[], UsageStore]
+Opener = Callable[..., UsageStore]  # (application: str = "")
 SLOW = Bucket("rate:0.001:3:*", rate=0.001, burst=3)  # 3 at once, then one per 1000 s
 
 
-async def ledgers(opener: Opener, count: int = 2) -> list[Ledger]:
+async def ledgers(opener: Opener, count: int = 2, *applications: str) -> list[Ledger]:
     found = []
-    for _ in range(count):
-        store = opener()
+    for index in range(count):
+        store = opener(applications[index] if applications else "")
         await store.open()
         assert store.ledger is not None, "a shared store must offer a shared ledger"
         found.append(store.ledger)
@@ -87,3 +88,31 @@ async def test_a_lease_takes_a_hundredth_of_the_room_and_one_call_near_the_end(
     wide = Bucket("rate:1000:1000:*", rate=1000, burst=1000)
     assert await first.take([wide], most=64) == (10, 0.0)
     assert await second.take([wide, SLOW], most=64) == (1, 0.0)  # SLOW holds 3: one
+
+
+APP_A, APP_B = client_digest("app-a"), client_digest("app-b")
+
+
+async def test_two_applications_never_share_a_budget_or_a_rate_bucket(new_store: Opener) -> None:
+    first, second = await ledgers(new_store, 2, APP_A, APP_B)
+    assert [(await first.reserve(["budget:k"], [3], 3600))[0] for _ in range(4)] == [1, 1, 1, -1]
+    assert [(await second.reserve(["budget:k"], [3], 3600))[0] for _ in range(4)] == [1, 1, 1, -1]
+    assert [(await first.take([SLOW]))[0] for _ in range(4)] == [1, 1, 1, 0]
+    assert [(await second.take([SLOW]))[0] for _ in range(4)] == [1, 1, 1, 0]
+
+
+async def test_an_upgraded_proxy_starts_from_the_count_of_the_key_without_application(
+    new_store: Opener,
+) -> None:
+    """Mid-period, the counter kept before budgets were keyed per application is not lost."""
+    before, after, other = await ledgers(new_store, 3, "", APP_A, APP_B)
+    assert (await before.reserve(["budget:k"], [3], 3600))[:2] == [1, 1]
+    assert (await before.reserve(["budget:k"], [3], 3600))[:2] == [1, 2]
+    assert await after.peek(["budget:k"]) == [2]
+    assert await after.reserve(["budget:k"], [3], 3600) == [1, 3]
+    assert await after.reserve(["budget:k"], [3], 3600) == [-1]
+    await after.release(["budget:k"])
+    assert await after.peek(["budget:k"]) == [2] == await before.peek(["budget:k"])
+    await other.seed("budget:k", 0, 3600)  # a seed starts from the older count too
+    assert await other.peek(["budget:k"]) == [2]
+    assert await other.reserve(["budget:k"], [3], 3600) == [1, 3]

@@ -15,7 +15,7 @@ from proxy.usage.factory import open_store
 from proxy.usage.rules import Budget
 from proxy.usage.store import Row, UsageStore, current_hour
 
-StoreFactory = Callable[[], UsageStore]
+StoreFactory = Callable[..., UsageStore]  # (application: str = "")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -27,8 +27,8 @@ async def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         url = request.getfixturevalue("redis_url")
     opened: list[UsageStore] = []
 
-    def factory() -> UsageStore:
-        store = open_store(url)
+    def factory(application: str = "") -> UsageStore:
+        store = open_store(url, application=application)
         opened.append(store)
         return store
 
