@@ -136,7 +136,9 @@ class BodyDeadline:
         self._waiting_since = self._loop.time()
         try:
             return await self._stream.readany()
-        except _Stalled:
+        except _Stalled as stalled:
+            # aiohttp's waiter keeps it, and its traceback holds that waiter and this frame.
+            stalled.__traceback__ = None
             raise RequestTimeout(
                 f"No byte of the request body arrived for {self._timeout:g} seconds."
             ) from None

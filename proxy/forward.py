@@ -232,6 +232,7 @@ class Forwarder:
                 if sends == 1 and never_sent(exc):
                     exchange.sent_upstream = False  # no connection: not a call
                 if body.failure is not None:  # the client's side broke, or the spool
+                    exc.__cause__ = None  # aiohttp's wrapper of it, now its context: no cycle
                     raise body.failure from None
                 stale = is_stale_connection(exc)
                 if stale and next_send(Outcome.STALE, sends, idempotent) is Action.RESEND:

@@ -1,11 +1,11 @@
 """No reference cycles on the request path (issue 15, item 6).
 
 A request that ends in an exception (a client that aborts an upload, streamed or not, or drops
-a download, an upstream that resets or times out, a refusal) once left cycles (exception ->
-traceback -> frame -> the exception, or the request's buffers) that only a full collection
-freed: with a young-generation threshold of 10,000 the soak grew by 30 MiB. With the collector
-off and ``gc.DEBUG_SAVEALL`` on, whatever a collection would have freed lands in
-``gc.garbage``: none of it may be the proxy's.
+a download, a body that stops coming, an upstream that resets or times out, a refusal) once
+left cycles (exception -> traceback -> frame -> the exception, or the request's buffers) that
+only a full collection freed: with a young-generation threshold of 10,000 the soak grew by 30
+MiB. With the collector off and ``gc.DEBUG_SAVEALL`` on, whatever a collection would have
+freed lands in ``gc.garbage``: none of it may be the proxy's.
 """
 
 from __future__ import annotations
@@ -52,6 +52,18 @@ async def _aborted_upload(proxy: RunningProxy, declared: int) -> None:
     writer.transport.abort()
 
 
+async def _stalled_upload(proxy: RunningProxy, declared: int) -> None:
+    """A body that stops coming: 408 after request_body_timeout."""
+    reader, writer = await open_to(proxy.url)
+    writer.write(
+        f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n\r\n".encode()
+        + b"x" * 100_000
+    )
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 408 ")
+    writer.transport.abort()
+
+
 async def _dropped_download(proxy: RunningProxy) -> None:
     reader, writer = await open_to(proxy.url)
     writer.write(b"GET /v4.0/sandbox/bytes?size=20000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -77,13 +89,15 @@ async def _requests_that_end_in_exceptions(proxy: RunningProxy, sandbox: Running
     # error, whose traceback holds the tee's frame, and aiohttp's body writer its own cause.
     await _aborted_upload(proxy, 10_000_000)
     await _dropped_download(proxy)
+    await _stalled_upload(proxy, 500_000)  # the stalled stream kept its error and its frames
+    await _stalled_upload(proxy, 10_000_000)
     await asyncio.sleep(0.3)  # the proxy notices the aborts
 
 
 async def test_requests_that_end_in_exceptions_leave_no_reference_cycles(
     proxy_factory: ProxyFactory, sandbox: RunningSandbox
 ) -> None:
-    proxy = await proxy_factory(upstream_timeout=0.5)
+    proxy = await proxy_factory(upstream_timeout=0.5, request_body_timeout=0.5)
     await _requests_that_end_in_exceptions(proxy, sandbox)  # caches and pools warm
     gc.collect()
     gc.disable()
