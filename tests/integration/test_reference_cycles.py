@@ -41,25 +41,28 @@ def _the_proxys(garbage: list[object]) -> Iterator[str]:
             yield f"request {obj.method} {obj.raw_path}"
 
 
-async def _aborted_upload(proxy: RunningProxy, declared: int) -> None:
-    _, writer = await open_to(proxy.url)
+async def _partial_upload(
+    proxy: RunningProxy, declared: int, sent: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT that declares ``declared`` body bytes and sends ``sent`` of them."""
+    reader, writer = await open_to(proxy.url)
     writer.write(
         f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n\r\n".encode()
-        + b"x" * 300_000
+        + b"x" * sent
     )
     await writer.drain()
+    return reader, writer
+
+
+async def _aborted_upload(proxy: RunningProxy, declared: int) -> None:
+    _, writer = await _partial_upload(proxy, declared, 300_000)
     await asyncio.sleep(0.1)
     writer.transport.abort()
 
 
 async def _stalled_upload(proxy: RunningProxy, declared: int) -> None:
     """A body that stops coming: 408 after request_body_timeout."""
-    reader, writer = await open_to(proxy.url)
-    writer.write(
-        f"PUT {ECHO} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n\r\n".encode()
-        + b"x" * 100_000
-    )
-    await writer.drain()
+    reader, writer = await _partial_upload(proxy, declared, 100_000)
     assert (await reader.readline()).startswith(b"HTTP/1.1 408 ")
     writer.transport.abort()
 
