@@ -399,13 +399,19 @@ def _toml_value(value: Any) -> str:
 
 async def _usage(settings: Settings, period: str, *, as_json: bool) -> int:
     """``usage``: the report straight from the store, as a table or as the JSON."""
+    from proxy.token_fingerprints import client_digest
     from proxy.usage.factory import open_store
     from proxy.usage.report import render_table, usage_report
+    from proxy.usage.store import EVERY_APPLICATION
 
     if settings.usage_store == "off":
         print("aspose-proxy: usage_store is off: no calls are kept", file=sys.stderr)
         return 1
-    store = open_store(settings.usage_store, settings.usage_store_password, create=False)
+    # The configured application's calls; with no client_id set, every application's.
+    application = client_digest(settings.client_id) if settings.client_id else EVERY_APPLICATION
+    store = open_store(
+        settings.usage_store, settings.usage_store_password, create=False, application=application
+    )
     try:
         await store.open()
         report = await usage_report(period, store.rows, settings.budgets)

@@ -1,8 +1,9 @@
 """The shared usage store and budget ledger in Redis: for several processes, workers, machines.
 
-Counts are hashes per UTC hour (``HINCRBY``, so replicas add, never overwrite). Budget
-reservations are one Lua script: check every pool and add to all of them, or to none, in one
-atomic step, so no two replicas can both spend the last call.
+Counts are hashes per application and UTC hour (``HINCRBY``, so replicas add, never
+overwrite); those written before they were kept per application (``usage:<hour>``) are read
+by every application. Budget reservations are one Lua script: check every pool and add to all
+of them, or to none, in one atomic step, so no two replicas can both spend the last call.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 
 from proxy.redis_url import connect
 from proxy.usage.store import (
+    EVERY_APPLICATION,
     LEASE_SHARE,
     Batch,
     Bucket,
@@ -134,7 +136,7 @@ class RedisStore:
     async def add(self, batch: Batch) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for (hour, client, product, kind), counts in batch.items():
-                key = f"{PREFIX}usage:{hour}"
+                key = f"{PREFIX}usage:{app_key(self._application, str(hour))}"
                 field = SEP.join((client, product, kind))
                 for what, value in zip(COUNTS, three(counts), strict=True):
                     if value:
@@ -144,9 +146,12 @@ class RedisStore:
 
     async def rows(self, since_hour: int) -> list[Row]:
         hours = range(since_hour, current_hour() + 1)
+        applications = await self._applications()
         async with self._client.pipeline(transaction=False) as pipe:
-            for hour in hours:
-                pipe.hgetall(f"{PREFIX}usage:{hour}")
+            for hour in hours:  # the application's counts, and those from before the upgrade
+                names = [*(app_key(app, str(hour)) for app in applications), str(hour)]
+                for name in dict.fromkeys(names):
+                    pipe.hgetall(f"{PREFIX}usage:{name}")
             answers: list[dict[str, str]] = await pipe.execute()
         sums: dict[tuple[str, str, str], list[int]] = {}
         for answer in answers:
@@ -156,6 +161,15 @@ class RedisStore:
                 entry = sums.setdefault((client, product, kind), [0, 0, 0])
                 entry[COUNTS.index(what)] += int(value)
         return sorted(Row(*key, *counts) for key, counts in sums.items())
+
+    async def _applications(self) -> list[str]:
+        """This store's application; for ``EVERY_APPLICATION``, each that wrote counts."""
+        if self._application != EVERY_APPLICATION:
+            return [self._application]
+        found = set()
+        async for key in self._client.scan_iter(f"{PREFIX}usage:app:*", count=1000):
+            found.add(key.removeprefix(f"{PREFIX}usage:app:").rpartition(":")[0])
+        return sorted(found)
 
     async def close(self) -> None:
         await self._client.aclose()

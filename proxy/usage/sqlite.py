@@ -25,24 +25,35 @@ T = TypeVar("T")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     hour INTEGER NOT NULL,
+    application TEXT NOT NULL DEFAULT '',
     client TEXT NOT NULL,
     product TEXT NOT NULL,
     kind TEXT NOT NULL,
     calls INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
     cached INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, client, product, kind)
+    PRIMARY KEY (hour, application, client, product, kind)
 ) WITHOUT ROWID
 """
 UPSERT = """
-INSERT INTO usage (hour, client, product, kind, calls, errors, cached)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (hour, client, product, kind)
+INSERT INTO usage (hour, application, client, product, kind, calls, errors, cached)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, application, client, product, kind)
 DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
     cached = cached + excluded.cached
 """
 # A file written before issue 19 has no ``cached`` column: added on open.
 ADD_CACHED = "ALTER TABLE usage ADD COLUMN cached INTEGER NOT NULL DEFAULT 0"
+# A file written before the counts were kept per application (issue 17) has no
+# ``application`` column, and it is part of the primary key: the table is rebuilt on open,
+# its rows kept under application '' (read by every application: counted before the upgrade).
+ADD_APPLICATION = (
+    "ALTER TABLE usage RENAME TO usage_before_applications",
+    SCHEMA,
+    "INSERT INTO usage (hour, client, product, kind, calls, errors, cached) "
+    "SELECT hour, client, product, kind, calls, errors, cached FROM usage_before_applications",
+    "DROP TABLE usage_before_applications",
+)
 # Budget counters and token buckets shared by every process on this file (wall-clock times).
 LEDGER_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, value INTEGER NOT NULL, "
@@ -51,15 +62,16 @@ LEDGER_SCHEMA = (
     "stamp REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
 )
 SELECT = """
-SELECT client, product, kind, SUM(calls), SUM(errors), SUM(cached) FROM usage WHERE hour >= ?
+SELECT client, product, kind, SUM(calls), SUM(errors), SUM(cached) FROM usage
+WHERE hour >= ? AND (application IN (?, '') OR ? = '*')
 GROUP BY client, product, kind
 """
 
 
 class SqliteStore:
-    """``sqlite:///path/usage.db``; every call runs on the store's own single thread. Budget
-    counters and rate buckets are ``application``'s own (``store.app_key``): two proxies for
-    different applications may share the file (the default path is per user, not per app)."""
+    """``sqlite:///path/usage.db``; every call runs on the store's own single thread. Counts,
+    budget counters and rate buckets are ``application``'s own (``store.app_key``): two proxies
+    for different applications may share the file (the default path is per user, not per app)."""
 
     def __init__(self, path: Path, *, create: bool = True, application: str = "") -> None:
         self.path = path
@@ -86,20 +98,27 @@ class SqliteStore:
         db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then see it done
         db.execute(SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
         if "cached" not in columns:
             db.execute(ADD_CACHED)
+        if "application" not in columns:
+            for statement in ADD_APPLICATION:
+                db.execute(statement)
         for statement in LEDGER_SCHEMA:
             db.execute(statement)
         db.commit()
         self._db = db
 
     async def add(self, batch: Batch) -> None:
-        rows = [(*key, *three(counts)) for key, counts in batch.items()]
+        rows = [
+            (hour, self._application, *key, *three(counts))
+            for (hour, *key), counts in batch.items()
+        ]
         await self._run(lambda: self._add(rows))
 
-    def _add(self, rows: list[tuple[int, str, str, str, int, int, int]]) -> None:
+    def _add(self, rows: list[tuple[object, ...]]) -> None:
         if self._db is None:
             self._open()  # it failed at start (say, a directory made writable since)
         assert self._db is not None
@@ -114,7 +133,12 @@ class SqliteStore:
             self._open()
         if self._db is None:
             return []
-        return sorted(Row(*values) for values in self._db.execute(SELECT, (since_hour,)))
+        return sorted(
+            Row(*values)
+            for values in self._db.execute(
+                SELECT, (since_hour, self._application, self._application)
+            )
+        )
 
     # -- the ledger: budget counters and rate buckets, one transaction each ---------------------
 

@@ -88,6 +88,11 @@ def app_key(application: str, key: str) -> str:
     return f"app:{application}:{key}" if application else key
 
 
+# The application of a store opened for a report of every application's counts (the ``usage``
+# command with no client_id set); never a fingerprint (those are hex), never for a ledger.
+EVERY_APPLICATION = "*"
+
+
 def lease_size(room: float, most: int) -> int:
     """How many of ``room`` (>= 1) calls or tokens one lease takes: 1 to ``most``."""
     return max(1, min(most, int(room // LEASE_SHARE)))

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,9 @@ from pydantic import SecretStr
 
 from proxy.credentials import Credentials
 from proxy.sandbox import STATE
+from proxy.token_fingerprints import client_digest
+from proxy.usage.factory import open_store
+from proxy.usage.store import current_hour
 from tests.conftest import RunningSandbox, SandboxFactory
 from tests.integration.conftest import ProxyFactory, RunningProxy, held_tokens
 from tests.integration.rawhttp import serve_on_loopback
@@ -414,31 +417,62 @@ async def test_a_redis_that_answers_a_byte_at_a_time_stalls_no_health_check_or_f
 # -- two applications on one store: never one budget or one rate bucket -----------------------
 
 
+async def start_second_once_written(
+    store: str, start: Callable[[], Awaitable[RunningProxy]]
+) -> RunningProxy:
+    """``start()`` once the first application's 3 calls are in the store's counts."""
+    counts = open_store(store, application=client_digest("demo"))
+    await counts.open()
+    try:
+        for _ in range(200):
+            if sum(row.calls for row in await counts.rows(current_hour())) == 3:
+                return await start()
+            await asyncio.sleep(0.05)
+    finally:
+        await counts.close()
+    raise AssertionError("the first proxy's calls never reached the store")
+
+
+async def four_calls(proxy: RunningProxy) -> list[int]:
+    statuses = []
+    for _ in range(4):
+        async with proxy.client.get(proxy.url + DISC) as response:
+            await response.read()
+            statuses.append(response.status)
+    return statuses
+
+
+@pytest.mark.parametrize("started", ["together", "after the first's calls were written"])
 @pytest.mark.parametrize("engine", ["redis", "sqlite"])
 async def test_two_applications_on_one_store_each_get_their_own_budget_of_3(
     engine: str,
+    started: str,
     sandbox: RunningSandbox,
     sandbox_factory: SandboxFactory,
     proxy_factory: ProxyFactory,
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    """Was: 200 200 200 through the first application's proxy, then 429 429 429 for the other."""
+    """Was: 200 200 200 through the first application's proxy, then 429 429 429 for the other
+    (a shared counter; or, started later, a counter seeded from the other's written calls)."""
     store = request.getfixturevalue("redis_url") if engine == "redis" else None
     store = store or f"sqlite://{tmp_path / 'usage.db'}"
     other_app = await sandbox_factory(client_id="other-app", client_secret="other-app-secret-0")
-    budget = {"usage_store": store, "budgets": [{"client": "*", "calls": 3}]}
-    first = await proxy_factory(**budget)
-    second = await proxy_factory(
-        other_app.url,
-        client_id="other-app",
-        client_secret=SecretStr("other-app-secret-0"),
-        **budget,
-    )
-    for proxy in (first, second):
-        statuses = []
-        for _ in range(4):
-            async with proxy.client.get(proxy.url + DISC) as response:
-                await response.read()
-                statuses.append(response.status)
-        assert statuses == [200, 200, 200, 429], statuses
+    shared = {
+        "usage_store": store,
+        "usage_flush_interval": 0.1,
+        "budgets": [{"client": "*", "calls": 3}],
+    }
+
+    async def start_second() -> RunningProxy:
+        secret = SecretStr("other-app-secret-0")
+        return await proxy_factory(
+            other_app.url, client_id="other-app", client_secret=secret, **shared
+        )
+
+    first = await proxy_factory(**shared)
+    second = await start_second() if started == "together" else None
+    assert await four_calls(first) == [200, 200, 200, 429]
+    if second is None:
+        second = await start_second_once_written(store, start_second)
+    assert await four_calls(second) == [200, 200, 200, 429]

@@ -13,7 +13,7 @@ from proxy.usage.budgets import Budgets
 from proxy.usage.counter import UsageCounter
 from proxy.usage.factory import open_store
 from proxy.usage.rules import Budget
-from proxy.usage.store import Row, UsageStore, current_hour
+from proxy.usage.store import EVERY_APPLICATION, Row, UsageStore, current_hour
 
 StoreFactory = Callable[..., UsageStore]  # (application: str = "")
 
@@ -146,18 +146,29 @@ async def test_a_spent_budget_is_seen_without_spending_anything(new_store: Store
     assert not await budgets.spent("ci", "cells")  # no budget for it
 
 
-async def test_a_usage_file_from_before_the_cache_gains_the_cached_column(tmp_path: Path) -> None:
+def old_usage_file(path: Path, *, cached: bool) -> Path:
+    """A usage file as older versions wrote it (with the ``cached`` column of issue 19 or
+    without it; never with the ``application`` of issue 17), holding 5 calls, 1 error."""
     import sqlite3
 
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:  # the schema before issue 19
+    column = "cached INTEGER NOT NULL DEFAULT 0, " if cached else ""
+    with sqlite3.connect(path) as db:
         db.execute(
             "CREATE TABLE usage (hour INTEGER NOT NULL, client TEXT NOT NULL, product TEXT NOT "
             "NULL, kind TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL "
-            "DEFAULT 0, PRIMARY KEY (hour, client, product, kind)) WITHOUT ROWID"
+            f"DEFAULT 0, {column}PRIMARY KEY (hour, client, product, kind)) WITHOUT ROWID"
         )
-        db.execute("INSERT INTO usage VALUES (?, 'ci', 'words', 'api', 5, 1)", (current_hour(),))
+        db.execute(
+            "INSERT INTO usage (hour, client, product, kind, calls, errors) "
+            "VALUES (?, 'ci', 'words', 'api', 5, 1)",
+            (current_hour(),),
+        )
     db.close()
+    return path
+
+
+async def test_a_usage_file_from_before_the_cache_gains_the_cached_column(tmp_path: Path) -> None:
+    path = old_usage_file(tmp_path / "old.db", cached=False)
     store = open_store(f"sqlite://{path}")
     await store.open()
     try:
@@ -165,3 +176,36 @@ async def test_a_usage_file_from_before_the_cache_gains_the_cached_column(tmp_pa
         assert await store.rows(0) == [Row("ci", "words", "api", 6, 1, 2)]
     finally:
         await store.close()
+
+
+async def test_each_application_reads_its_own_counts_and_those_from_before_the_upgrade(
+    new_store: StoreFactory,
+) -> None:
+    """Budgets are seeded from these counts at start: another application's must not count."""
+    hour = current_hour()
+    before, first, second = new_store(), new_store("a" * 32), new_store("b" * 32)
+    everyone = new_store(EVERY_APPLICATION)  # the usage command with no client_id set
+    for store in (before, first, second, everyone):
+        await store.open()
+    await before.add({(hour, "ci", "words", "api"): (1, 0)})  # counted before the upgrade
+    await first.add({(hour, "ci", "words", "api"): (2, 0)})
+    await second.add({(hour, "ci", "words", "api"): (4, 1)})
+    assert await first.rows(hour) == [Row("ci", "words", "api", 3, 0)]
+    assert await second.rows(hour) == [Row("ci", "words", "api", 5, 1)]
+    assert await everyone.rows(hour) == [Row("ci", "words", "api", 7, 1)]
+
+
+async def test_a_usage_file_from_before_applications_keeps_its_counts_for_every_one(
+    tmp_path: Path,
+) -> None:
+    path = old_usage_file(tmp_path / "old.db", cached=True)
+    first, second = (open_store(f"sqlite://{path}", application=app) for app in ("a1", "b2"))
+    await first.open()
+    await second.open()
+    try:
+        await first.add({(current_hour(), "ci", "words", "api"): (1, 0, 2)})
+        assert await first.rows(0) == [Row("ci", "words", "api", 6, 1, 2)]
+        assert await second.rows(0) == [Row("ci", "words", "api", 5, 1, 0)]
+    finally:
+        await first.close()
+        await second.close()
