@@ -18,7 +18,9 @@ from pydantic import SecretStr
 from proxy.credentials import Credentials
 from proxy.sandbox import STATE
 from proxy.token_fingerprints import client_digest
+from proxy.usage.budgets import Budgets
 from proxy.usage.factory import open_store
+from proxy.usage.rules import Budget
 from proxy.usage.store import current_hour
 from tests.conftest import RunningSandbox, SandboxFactory
 from tests.integration.conftest import ProxyFactory, RunningProxy, held_tokens
@@ -476,3 +478,24 @@ async def test_two_applications_on_one_store_each_get_their_own_budget_of_3(
     if second is None:
         second = await start_second_once_written(store, start_second)
     assert await four_calls(second) == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize("engine", ["redis", "sqlite"])
+async def test_a_proxy_upgraded_mid_day_keeps_the_calls_its_budget_already_spent(
+    engine: str, proxy_factory: ProxyFactory, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Before budgets were keyed per application, 2 of 3 were spent under the old key: the
+    upgraded proxy passes 1 call, not 3."""
+    store = request.getfixturevalue("redis_url") if engine == "redis" else None
+    store = store or f"sqlite://{tmp_path / 'usage.db'}"
+    rules = [Budget(client="*", calls=3)]
+    older = open_store(store, application="")  # its ledger keys are the pre-upgrade ones
+    await older.open()
+    try:
+        older_budgets = Budgets(rules, older.ledger)
+        for _ in range(2):
+            assert await older_budgets.reserve("anonymous", "words")
+    finally:
+        await older.close()
+    proxy = await proxy_factory(usage_store=store, budgets=rules)
+    assert await four_calls(proxy) == [200, 429, 429, 429]
