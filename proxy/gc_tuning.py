@@ -3,18 +3,22 @@
 - ``gc.freeze()`` once the server listens: everything alive then lives as long as the server,
   so the collector's full scans stop walking it; they paused the loop for milliseconds (p99 of
   small requests went from ~35 to ~13 ms, issue 11).
-- The young-generation threshold stays at Python's default (700). A threshold of 10,000
-  saved 3-5 % of the proxy's CPU at 32 connections (issue 11), but it needs a request path
-  that makes no reference cycles at all: on the tree of issues 15-19 the 60 s soak (mixed
-  traffic, upstream resets mid-body, revocations) grew RSS by 37.8 and 49.2 MiB with it and
-  by -1.1 MiB without it (2026-12-05), so it stays off until the soak holds with it.
+- A young-generation threshold of 10,000 net allocations (Python's default: 700): almost
+  everything a request allocates is freed by reference counting, and at 700 a 32-connection
+  load ran a young scan every ~18 requests, 3-5 % of the proxy's CPU (issue 11). It needs the
+  request path to make no reference cycles, or the cycles of failed requests live long enough
+  to add up (37.8 and 49.2 MiB of growth in the 60 s soak before the last ones were broken,
+  2026-12-05); tests/integration/test_reference_cycles.py keeps it so.
 """
 
 from __future__ import annotations
 
 import gc
 
+YOUNG_THRESHOLD = 10_000
+
 
 def tune_for_serving() -> None:
-    """Freeze what is alive now: the collector's full scans stop walking it."""
+    """Freeze what is alive now and collect the young generation less often."""
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
