@@ -25,7 +25,7 @@ from proxy.errors import BadRequest, ProxyError
 from proxy.exchange import EXCHANGE, Exchange
 from proxy.headers import outbound_request_headers, outbound_response_headers
 from proxy.metrics import Metrics
-from proxy.replay import Action, Outcome, next_send
+from proxy.replay import ANSWERED, REPLAY, RESEND, STALE, UNAUTHORIZED, next_send
 from proxy.settings import Settings
 from proxy.tokens import TokenCache
 from proxy.upstream import (
@@ -235,7 +235,7 @@ class Forwarder:
                     exc.__cause__ = None  # aiohttp's wrapper of it, now its context: no cycle
                     raise body.failure from None
                 stale = is_stale_connection(exc)
-                if stale and next_send(Outcome.STALE, sends, idempotent) is Action.RESEND:
+                if stale and next_send(STALE, sends, idempotent) is RESEND:
                     self._metrics.stale_connections.labels("retried").inc()
                     log.info("upstream connection was stale: resending once")
                     continue
@@ -243,8 +243,8 @@ class Forwarder:
                     self._metrics.stale_connections.labels("failed").inc()
                 raise _failure(exc) from None  # no local holds it: no frame <-> error cycle
             self._observe_latency(loop.time() - started)
-            outcome = Outcome.UNAUTHORIZED if response.status == 401 else Outcome.ANSWERED
-            if next_send(outcome, sends, idempotent) is not Action.REPLAY:
+            outcome = UNAUTHORIZED if response.status == 401 else ANSWERED
+            if next_send(outcome, sends, idempotent) is not REPLAY:
                 return response  # done: the answer goes back (a second 401 as it is)
             fresh = await tokens.renew(token)
             if fresh is None:  # no new token now (renewal cap, or it failed): the 401 as is
