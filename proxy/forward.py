@@ -170,7 +170,7 @@ class Forwarder:
                 if hit is not None:
                     exchange.cached = True
                     return await cache.answer(request, hit, exchange)
-            upstream = await self._send(request, body, exchange)
+            upstream = await self._send(request, body, declared, exchange)
             exchange.upstream_status = upstream.status
             try:
                 return await self._stream_back(request, upstream, exchange, ticket)
@@ -195,18 +195,17 @@ class Forwarder:
             raise self._spool.full(length)  # a body this big is spooled
 
     async def _send(
-        self, request: web.Request, body: RequestBody, exchange: Exchange
+        self, request: web.Request, body: RequestBody, declared: int | None, exchange: Exchange
     ) -> aiohttp.ClientResponse:
-        """Carry out the send policy (``proxy.replay``): at most two sends."""
+        """Carry out the send policy (``proxy.replay``): at most two sends. ``declared``: the
+        request's Content-Length, as ``handle`` read it."""
         raw_target = request.raw_path
         url = self._urls.get(raw_target)
         if url is None:
             url = self._urls.remember(raw_target, self._target.url_for(raw_target))
         in_headers = request.headers
         method = request.method
-        data, length, streamed = _body_to_send(
-            body, request.content_length, "Content-Length" in in_headers
-        )
+        data, length, streamed = _body_to_send(body, declared, "Content-Length" in in_headers)
         idempotent = method in IDEMPOTENT_METHODS
         tokens = self._tokens
         # The held token when it is valid (nearly always: no coroutine), else wait for one.
